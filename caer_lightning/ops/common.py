@@ -1,0 +1,45 @@
+"""Names, argument checks and group bookkeeping shared by every CAReLU implementation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+VARIANTS = ("energy", "l1", "count")
+REDUCTIONS = ("sample", "channel", "token")
+_MIN_DIMS = {"sample": 2, "channel": 3, "token": 1}
+
+
+def check_options(variant: str, reduction: str, K: float, eps: float) -> None:
+    """Raise a ValueError naming the argument, its bad value and the accepted values."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; accepted values: {', '.join(VARIANTS)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not supported; accepted values: {', '.join(REDUCTIONS)}")
+    if isinstance(K, bool) or not isinstance(K, (int, float)) or not math.isfinite(K) or K <= 0:
+        raise ValueError(f"K={K!r} is not supported; accepted values: a finite number > 0")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps={eps!r} is not supported; accepted values: a finite number > 0")
+
+
+def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
+    """The dims reduced to one competition value p for `reduction` (see SPEC §1)."""
+    need = _MIN_DIMS[reduction]
+    if z.dim() < need:
+        layout = {"sample": "(N, ...)", "channel": "(N, C, ...)", "token": "(..., C)"}[reduction]
+        raise ValueError(
+            f"reduction={reduction!r} needs an input with at least {need} dims {layout}, "
+            f"got shape {tuple(z.shape)}"
+        )
+    if reduction == "sample":
+        return tuple(range(1, z.dim()))
+    if reduction == "channel":
+        return tuple(range(2, z.dim()))
+    return (z.dim() - 1,)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for everything else (half sums of squares overflow)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
