@@ -1,0 +1,85 @@
+"""The CAReLU module: learnable α, β per layer, and cheap on-device statistics for the dashboards."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from caer_lightning.functional import carelu_with_statistics, competition
+from caer_lightning.ops.common import check_options
+
+STATISTICS = ("sum_p", "sum_s", "neg_win", "groups")
+
+
+def default_beta(K: float) -> float:
+    """β that makes s = K·tanh(β) = 1 when α = 0, so CAReLU equals ReLU at the moment of the swap."""
+    if K <= 1:
+        raise ValueError(
+            f"K={K!r} cannot reproduce ReLU at init (|s| < K <= 1); pass beta_init explicitly or use K > 1"
+        )
+    return math.atanh(1.0 / K)
+
+
+class CAReLU(nn.Module):
+    """Competition-based Adaptive ReLU (arXiv 2407.19441): ReLU(s·z), s = K·tanh(α·p + β).
+
+    p is the share of the group's pre-activations won by the positives (`variant`), computed per sample,
+    per channel or per token (`reduction`). At the default init (α = 0, β = atanh(1/K)) it equals ReLU.
+
+    While training, each forward adds, on the device and without a host sync, Σp, Σs, the number of groups
+    with s < 0 and the number of groups to a running total; `pop_statistics()` returns and resets it.
+    """
+
+    def __init__(
+        self,
+        variant: str = "energy",
+        reduction: str = "sample",
+        K: float = 2.0,
+        alpha_init: float = 0.0,
+        beta_init: float | None = None,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        check_options(variant, reduction, K, eps)
+        if beta_init is None:
+            beta_init = default_beta(K)
+        self.variant, self.reduction, self.K, self.eps = variant, reduction, float(K), float(eps)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.beta = nn.Parameter(torch.tensor(float(beta_init)))
+        self.impl = "auto"
+        self.track_statistics = True
+        self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
+
+    def forward(self, z: Tensor) -> Tensor:
+        out, p, s = carelu_with_statistics(
+            z, self.alpha, self.beta, K=self.K, variant=self.variant, reduction=self.reduction,
+            eps=self.eps, impl=self.impl,
+        )
+        if self.training and self.track_statistics:
+            self._accumulate(p, s)
+        return out
+
+    @torch.no_grad()
+    def _accumulate(self, p: Tensor, s: Tensor) -> None:
+        if self._statistics is None or self._statistics.device != p.device:
+            self._statistics = torch.zeros(len(STATISTICS), dtype=torch.float32, device=p.device)
+        batch = torch.stack((p.reshape(-1), s.reshape(-1), (s < 0).reshape(-1).to(s.dtype))).sum(1)
+        self._statistics[:3] += batch
+        self._statistics[3] += p.numel()
+
+    def pop_statistics(self) -> Tensor | None:
+        """Totals since the last call, a float32 tensor on the device ordered as `STATISTICS`; None if none."""
+        statistics, self._statistics = self._statistics, None
+        return statistics
+
+    def competition(self, z: Tensor) -> Tensor:
+        """p per group: (N,) for sample, (N, C) for channel, z.shape[:-1] for token."""
+        return competition(z, variant=self.variant, reduction=self.reduction, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"variant={self.variant!r}, reduction={self.reduction!r}, K={self.K:g}, eps={self.eps:g}, "
+            f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"
+        )

@@ -1,0 +1,80 @@
+"""Small real components shared by the tests: a tiny CNN LightningModule and a learnable synthetic task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+NUM_CLASSES = 4
+
+
+def synthetic_dataset(n: int = 64, seed: int = 0) -> TensorDataset:
+    """3×8×8 images whose class is which quadrant is brightest: learnable by a tiny CNN."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=generator)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
+    for i, label in enumerate(y.tolist()):
+        row, col = divmod(label, 2)
+        x[i, :, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4] += 1.5
+    return TensorDataset(x, y)
+
+
+def loader(n: int = 64, batch_size: int = 16, seed: int = 0) -> DataLoader:
+    return DataLoader(synthetic_dataset(n, seed), batch_size=batch_size, shuffle=False)
+
+
+class TinyNet(pl.LightningModule):
+    """Conv-BN-ReLU ×2, pooled linear head; optimizer and scheduler from factories (SGD by default)."""
+
+    def __init__(
+        self,
+        lr: float = 0.1,
+        optimizer_factory: Callable | None = None,
+        scheduler_factory: Callable | None = None,
+        scheduler_interval: str = "step",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer_factory", "scheduler_factory"])
+        self.optimizer_factory, self.scheduler_factory = optimizer_factory, scheduler_factory
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9))
+        optimizer = factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler["monitor"] = "train_loss"
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    """A quiet CPU Trainer for tests."""
+    defaults = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_epochs=1,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})

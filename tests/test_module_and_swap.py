@@ -1,0 +1,128 @@
+"""CAReLU module statistics and repr; swap_activations on real timm and torchvision models."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from caer_lightning import CAReLU, swap_activations
+from caer_lightning.activation import STATISTICS
+from caer_lightning.functional import competition
+
+
+def test_statistics_accumulate_on_device_and_reset():
+    act = CAReLU(alpha_init=-3.0, beta_init=0.5)
+    batches = [torch.randn(4, 3, 5, 5) + shift for shift in (-1.0, 0.5)]
+    for z in batches:
+        act(z)
+    totals = dict(zip(STATISTICS, act.pop_statistics().tolist()))
+    p = torch.cat([competition(z) for z in batches])
+    s = 2.0 * torch.tanh(-3.0 * p + 0.5)
+    assert totals["groups"] == 8
+    assert totals["sum_p"] == pytest.approx(p.sum().item(), rel=1e-5)
+    assert totals["sum_s"] == pytest.approx(s.sum().item(), rel=1e-5, abs=1e-5)
+    assert totals["neg_win"] == (s < 0).sum().item() and 0 < totals["neg_win"] < 8
+    assert act.pop_statistics() is None
+    act.eval()
+    act(batches[0])
+    assert act.pop_statistics() is None, "evaluation forwards must not count"
+
+
+def test_repr_and_parameters():
+    act = CAReLU(variant="l1", reduction="channel", K=3.0)
+    assert isinstance(act.alpha, nn.Parameter) and act.alpha.shape == () and act.beta.shape == ()
+    assert act.beta.item() == pytest.approx(math.atanh(1 / 3))
+    assert "variant='l1'" in repr(act) and "reduction='channel'" in repr(act) and "K=3" in repr(act)
+    assert act.competition(torch.randn(2, 5, 4, 4)).shape == (2, 5)
+
+
+def test_K_at_most_one_needs_explicit_beta():
+    with pytest.raises(ValueError, match=r"K=1.0 cannot reproduce ReLU.*beta_init"):
+        CAReLU(K=1.0)
+    assert CAReLU(K=1.0, beta_init=0.5).beta.item() == pytest.approx(0.5)
+
+
+def test_resnet18_swap_keeps_outputs_at_default_init():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    names = swap_activations(model)
+    assert len(names) == 17 and names[0] == "act1"
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    with torch.no_grad():
+        after = model(x)
+    assert (after - before).abs().max().item() <= 1e-5
+    assert swap_activations(model) == [], "a second swap must be a no-op"
+    assert sum(isinstance(m, CAReLU) for m in model.modules()) == 17
+
+
+def test_targets_by_string_include_exclude_and_factory():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    names = swap_activations(
+        model, ("torch.nn.ReLU",), include=r"^layer[12]\.", exclude=r"act2$",
+        factory=lambda old: CAReLU(variant="count", reduction="channel"),
+    )
+    assert names == ["layer1.0.act1", "layer1.1.act1", "layer2.0.act1", "layer2.1.act1"]
+    assert model.get_submodule("layer1.0.act1").variant == "count"
+    assert isinstance(model.get_submodule("layer1.0.act2"), nn.ReLU)
+    assert isinstance(model.get_submodule("act1"), nn.ReLU)
+
+
+def test_gelu_targets_in_a_vit():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2)
+    names = swap_activations(model, ("torch.nn.GELU",), factory=lambda old: CAReLU(reduction="token"))
+    assert names == ["blocks.0.mlp.act", "blocks.1.mlp.act"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+
+
+def test_nothing_matched_says_what_was_looked_for():
+    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"matched no module: targets=\['torch.nn.modules.activation.ReLU'\].*GELU"):
+        swap_activations(model)
+
+
+@pytest.mark.parametrize("targets,message", [
+    (("torch.nn.NoSuchAct",), r"targets entry 'torch.nn.NoSuchAct' does not import"),
+    (("ReLU",), r"targets entry 'ReLU' does not import"),
+    ((int,), r"targets entry .* is not an nn.Module class"),
+])
+def test_bad_targets(targets, message):
+    with pytest.raises(ValueError, match=message):
+        swap_activations(nn.Sequential(nn.ReLU()), targets)
+
+
+def test_bad_regex_names_argument():
+    with pytest.raises(ValueError, match=r"exclude='\[' is not a valid regular expression"):
+        swap_activations(nn.Sequential(nn.ReLU()), exclude="[")
+
+
+def test_aliased_module_is_replaced_everywhere_and_warned():
+    shared = nn.ReLU()
+    model = nn.Sequential(nn.Linear(3, 3), shared, nn.Sequential(nn.Linear(3, 3), shared))
+    with pytest.warns(UserWarning, match=r"reachable as \['1', '2.1'\]"):
+        names = swap_activations(model)
+    assert names == ["1"] and model[1] is model[2][1] and isinstance(model[1], CAReLU)
+
+
+def test_new_module_lands_on_the_old_modules_device():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU()).to(torch.float64).to("meta")
+    swap_activations(model)
+    assert model[1].alpha.device.type == "meta"
+
+
+def test_torchvision_resnet_reused_relu_is_one_module():
+    """torchvision's BasicBlock calls `self.relu` twice: statically one module per block (the callback warns)."""
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        names = swap_activations(model)
+    assert len(names) == 9  # stem + one per block, each called at two sites in BasicBlock.forward
