@@ -1,0 +1,3 @@
+from caer_lightning.callbacks.carelu import CAReLUCallback
+
+__all__ = ["CAReLUCallback"]
