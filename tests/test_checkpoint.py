@@ -1,0 +1,103 @@
+"""Resume, validate from a checkpoint and load_checkpoint: CAReLU runs must round-trip exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.optim import lr_scheduler
+
+from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
+from helpers import TinyNet, loader, trainer
+
+
+class LossRecorder(Callback):
+    def __init__(self) -> None:
+        self.losses: dict[int, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.setdefault(trainer.current_epoch, []).append(outputs["loss"].item())
+
+
+def carelu_values(model) -> dict[str, tuple[float, float]]:
+    return {n: (m.alpha.item(), m.beta.item()) for n, m in model.named_modules() if isinstance(m, CAReLU)}
+
+
+def cosine(optimizer):
+    return lr_scheduler.CosineAnnealingLR(optimizer, T_max=20)
+
+
+def train(tmp_path, max_epochs: int, ckpt_path=None):
+    seed_everything(0)
+    model = TinyNet(scheduler_factory=cosine)
+    recorder = LossRecorder()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    run = trainer(callbacks=[CAReLUCallback(lr_scale=5.0), recorder, checkpoints], max_epochs=max_epochs,
+                  enable_checkpointing=True, deterministic=True)
+    run.fit(model, loader(), ckpt_path=ckpt_path)
+    return model, recorder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("run")
+    model, recorder = train(directory, max_epochs=2)
+    return model, recorder, directory
+
+
+def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
+    model, recorder, directory = trained
+    first_epoch = directory / "epoch=0-step=4.ckpt"
+    resumed, resumed_recorder = train(tmp_path, max_epochs=2, ckpt_path=first_epoch)
+    assert list(resumed_recorder.losses) == [1]
+    assert resumed_recorder.losses[1] == recorder.losses[1]
+    assert carelu_values(resumed) == carelu_values(model)
+    assert carelu_values(model) != {n: (0.0, v[1]) for n, v in carelu_values(model).items()}, "α must have moved"
+
+
+def test_checkpoint_records_the_swap(trained):
+    _, _, directory = trained
+    checkpoint = torch.load(directory / "epoch=1-step=8.ckpt", weights_only=False)
+    states = [s for k, s in checkpoint["callbacks"].items() if k.startswith("CAReLUCallback")]
+    assert len(states) == 1 and states[0]["swapped"] == ["net.2", "net.5"]
+    assert states[0]["config"]["variant"] == "energy" and states[0]["config"]["K"] == 2.0
+    assert {"net.2.alpha", "net.2.beta", "net.5.alpha", "net.5.beta"} <= set(checkpoint["state_dict"])
+
+
+def test_validate_from_checkpoint_and_load_checkpoint_agree(trained):
+    model, _, directory = trained
+    path = directory / "epoch=1-step=8.ckpt"
+    metrics = trainer(callbacks=[CAReLUCallback(lr_scale=5.0)]).validate(TinyNet(), loader(seed=1), ckpt_path=path)
+
+    loaded = load_checkpoint(TinyNet, path).eval()
+    assert carelu_values(loaded) == carelu_values(model)
+    x, y = loader(n=64, batch_size=64, seed=1).dataset.tensors
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(loaded(x), y).item()
+        assert torch.equal(loaded(x), model.eval()(x))
+    assert metrics[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_validate_without_the_callback_fails_loudly(trained):
+    _, _, directory = trained
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"net.2.alpha\""):
+        trainer().validate(TinyNet(), loader(), ckpt_path=directory / "epoch=1-step=8.ckpt")
+
+
+def test_load_checkpoint_is_strict(trained, tmp_path):
+    _, _, directory = trained
+    checkpoint = torch.load(directory / "epoch=1-step=8.ckpt", weights_only=False)
+    del checkpoint["state_dict"]["net.5.beta"]
+    torch.save(checkpoint, tmp_path / "tampered.ckpt")
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"net.5.beta\""):
+        load_checkpoint(TinyNet, tmp_path / "tampered.ckpt")
+
+
+def test_load_checkpoint_without_a_recorded_swap(tmp_path):
+    run = trainer(max_steps=1, enable_checkpointing=True, default_root_dir=tmp_path)
+    run.fit(TinyNet(), loader())
+    path = tmp_path / "plain.ckpt"
+    run.save_checkpoint(path)
+    with pytest.raises(ValueError, match=r"records no CAReLUCallback swap.*TinyNet.load_from_checkpoint"):
+        load_checkpoint(TinyNet, path)
