@@ -78,6 +78,10 @@ def test_validate_from_checkpoint_and_load_checkpoint_agree(trained):
         assert torch.equal(loaded(x), model.eval()(x))
     assert metrics[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
 
+    callback = CAReLUCallback()  # a model that arrives already swapped is adopted as it is
+    again = trainer(callbacks=[callback]).validate(loaded, loader(seed=1))
+    assert callback.swapped == ["net.2", "net.5"] and again[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
 
 def test_validate_without_the_callback_fails_loudly(trained):
     _, _, directory = trained

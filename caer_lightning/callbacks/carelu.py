@@ -113,8 +113,8 @@ class CAReLUCallback(Callback):
             )
         except ValueError as error:
             raise MisconfigurationException(f"CAReLUCallback: {error}") from None
-        keep = set(replaced) | set(self.swapped)
-        self.swapped = [n for n, m in pl_module.named_modules() if isinstance(m, CAReLU) and n in keep]
+        keep = set(replaced) | set(self.swapped)  # empty when the model came already swapped: take them all
+        self.swapped = [n for n, m in pl_module.named_modules() if isinstance(m, CAReLU) and (n in keep or not keep)]
         if replaced:
             rank_zero_info(f"CAReLUCallback: swapped {len(replaced)} activations for CAReLU: {replaced}")
 
