@@ -1,0 +1,3 @@
+from caer_lightning.models.timm_classifier import TimmClassifier
+
+__all__ = ["TimmClassifier"]
