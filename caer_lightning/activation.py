@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from caer_lightning.functional import carelu_with_statistics, competition
 from caer_lightning.ops.common import check_options
 
-STATISTICS = ("sum_p", "sum_s", "neg_win", "groups")
+STATISTICS = ("sum_p", "sum_p2", "sum_s", "neg_win", "groups")  # then HISTOGRAM_BINS counts of p
+HISTOGRAM_BINS = 20  # equal-width bins of p over [0, 1]
 
 
 def default_beta(K: float) -> float:
@@ -28,8 +29,9 @@ class CAReLU(nn.Module):
     p is the share of the group's pre-activations won by the positives (`variant`), computed per sample,
     per channel or per token (`reduction`). At the default init (α = 0, β = atanh(1/K)) it equals ReLU.
 
-    While training, each forward adds, on the device and without a host sync, Σp, Σs, the number of groups
-    with s < 0 and the number of groups to a running total; `pop_statistics()` returns and resets it.
+    While training with `track_statistics` on (CAReLUCallback turns it on for logging steps), each forward
+    adds, on the device and without a host sync, Σp, Σp², Σs, the number of groups with s < 0, the number of
+    groups and a histogram of p to a running total; `pop_statistics()` returns and resets it.
     """
 
     def __init__(
@@ -49,7 +51,7 @@ class CAReLU(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.beta = nn.Parameter(torch.tensor(float(beta_init)))
         self.impl = "auto"
-        self.track_statistics = True
+        self.track_statistics = False
         self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
 
     def forward(self, z: Tensor) -> Tensor:
@@ -64,13 +66,17 @@ class CAReLU(nn.Module):
     @torch.no_grad()
     def _accumulate(self, p: Tensor, s: Tensor) -> None:
         if self._statistics is None or self._statistics.device != p.device:
-            self._statistics = torch.zeros(len(STATISTICS), dtype=torch.float32, device=p.device)
-        batch = torch.stack((p.reshape(-1), s.reshape(-1), (s < 0).reshape(-1).to(s.dtype))).sum(1)
-        self._statistics[:3] += batch
-        self._statistics[3] += p.numel()
+            self._statistics = torch.zeros(len(STATISTICS) + HISTOGRAM_BINS, dtype=torch.float32, device=p.device)
+        p, s = p.reshape(-1), s.reshape(-1)
+        sums = torch.stack((p.sum(), p.square().sum(), s.sum(), (s < 0).sum(dtype=s.dtype)))
+        self._statistics[:4] += sums
+        self._statistics[4] += p.numel()
+        bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)  # bincount: deterministic on CUDA
+        self._statistics[len(STATISTICS):] += torch.bincount(bins, minlength=HISTOGRAM_BINS)
 
     def pop_statistics(self) -> Tensor | None:
-        """Totals since the last call, a float32 tensor on the device ordered as `STATISTICS`; None if none."""
+        """Totals since the last call, a float32 tensor on the device: `STATISTICS`, then the histogram of p
+        (`HISTOGRAM_BINS` counts); None if no tracked forward ran."""
         statistics, self._statistics = self._statistics, None
         return statistics
 

@@ -171,7 +171,7 @@ def test_two_forwards_per_step_are_not_reported():
     (dict(variant="softmax"), "variant"), (dict(reduction="batch"), "reduction"), (dict(K=0), "K"),
     (dict(K=-2.0), "K"), (dict(eps=-1.0), "eps"), (dict(targets=("torch.nn.Relu",)), "targets"),
     (dict(targets=("nosuchpackage.Act",)), "targets"), (dict(lr=0.0), "lr"), (dict(lr_scale=-1.0), "lr_scale"),
-    (dict(weight_decay=-0.1), "weight_decay"), (dict(log_every_n_steps=0), "log_every_n_steps"),
+    (dict(weight_decay=-0.1), "weight_decay"), (dict(log_every_n_steps=-1), "log_every_n_steps"), (dict(log_every_n_steps=2.5), "log_every_n_steps"),
     (dict(include="(unclosed"), "include"), (dict(K=0.5), "K"),
 ])
 def test_invalid_arguments_raise_at_construction(kwargs, argument):

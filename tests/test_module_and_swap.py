@@ -11,20 +11,27 @@ import torch
 from torch import nn
 
 from caer_lightning import CAReLU, swap_activations
-from caer_lightning.activation import STATISTICS
+from caer_lightning.activation import HISTOGRAM_BINS, STATISTICS
 from caer_lightning.functional import competition
 
 
 def test_statistics_accumulate_on_device_and_reset():
     act = CAReLU(alpha_init=-3.0, beta_init=0.5)
     batches = [torch.randn(4, 3, 5, 5) + shift for shift in (-1.0, 0.5)]
+    act(batches[0])
+    assert act.pop_statistics() is None, "statistics are off unless asked for"
+    act.track_statistics = True
     for z in batches:
         act(z)
-    totals = dict(zip(STATISTICS, act.pop_statistics().tolist()))
+    row = act.pop_statistics()
+    totals = dict(zip(STATISTICS, row.tolist()))
+    histogram = row[len(STATISTICS):]
     p = torch.cat([competition(z) for z in batches])
     s = 2.0 * torch.tanh(-3.0 * p + 0.5)
     assert totals["groups"] == 8
     assert totals["sum_p"] == pytest.approx(p.sum().item(), rel=1e-5)
+    assert totals["sum_p2"] == pytest.approx(p.square().sum().item(), rel=1e-5)
+    assert torch.equal(histogram, torch.histc(p, bins=HISTOGRAM_BINS, min=0, max=1))
     assert totals["sum_s"] == pytest.approx(s.sum().item(), rel=1e-5, abs=1e-5)
     assert totals["neg_win"] == (s < 0).sum().item() and 0 < totals["neg_win"] < 8
     assert act.pop_statistics() is None

@@ -3,7 +3,8 @@ CAReLUCallback
 ==============
 
 Swaps activation modules for CAReLU when a run starts, gives their α, β an optimizer group of their own
-(own lr, no weight decay by default) kept in step with every LR scheduler, and records the swap in checkpoints.
+(own lr, no weight decay by default) kept in step with every LR scheduler, logs per-layer energy dashboards,
+and records the swap in checkpoints.
 
 Example::
 
@@ -21,12 +22,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from caer_lightning.activation import CAReLU
+from caer_lightning import dashboard
+from caer_lightning.activation import STATISTICS, CAReLU
 from caer_lightning.optim import extend_scheduler, move_to_own_group
 from caer_lightning.swap import Patterns, Target, class_path, compile_patterns, resolve_targets, swap_activations
 
@@ -45,8 +49,9 @@ class CAReLUCallback(Callback):
             parameters came from (group 0 if none held them).
         lr_scale: multiplier used when ``lr`` is None.
         weight_decay: weight decay of the ``carelu`` group (0.0: decay pulls β, and so the scale, toward 0).
-        log_every_n_steps: logging cadence of the dashboards; None uses the Trainer's.
-        log_histograms: whether to log histograms of p per layer.
+        log_every_n_steps: logging cadence of the per-layer statistics (only the steps logged are measured);
+            None uses the Trainer's; 0 turns the statistics off.
+        log_histograms: whether to log histograms of p per layer (TensorBoard, at epoch end).
 
     Raises:
         ValueError: on any invalid argument, naming it, its value and the accepted values.
@@ -80,15 +85,23 @@ class CAReLUCallback(Callback):
         _check_positive("lr_scale", lr_scale)
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} is not supported; accepted values: a number >= 0")
-        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0
+        ):
             raise ValueError(
-                f"log_every_n_steps={log_every_n_steps!r} is not supported; accepted values: None or an int >= 1"
+                f"log_every_n_steps={log_every_n_steps!r} is not supported; accepted values: None (the Trainer's), "
+                "0 (off) or an int >= 1"
             )
         self.lr, self.lr_scale, self.weight_decay = lr, lr_scale, weight_decay
         self.log_every_n_steps, self.log_histograms = log_every_n_steps, log_histograms
         self.swapped: list[str] = []
         self._call_counts: Counter[str] | None = None  # calls per CAReLU in the first training step
         self._probe_handles: list[RemovableHandle] = []
+        self._modules: list[CAReLU] = []
+        self._log_every = 0  # resolved cadence; 0: no statistics
+        self._tracking_step: int | None = None  # global step whose statistics are being measured
+        self._history: list[Tensor] = []  # rank zero: per logged step, (layers, 2) mean p and mean s
+        self._epoch_statistics: Tensor | None = None  # rank zero: summed statistics of the epoch's logged steps
 
     @property
     def state_key(self) -> str:
@@ -146,18 +159,86 @@ class CAReLUCallback(Callback):
                         "it schedules that group (LearningRateMonitor shows it as lr-<optimizer>/carelu)."
                     )
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resolve the logging cadence and write the TensorBoard custom-scalars layout once."""
+        self._modules = [pl_module.get_submodule(name) for name in self.swapped]
+        every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
+        self._log_every = every if trainer.loggers and self._modules else 0
+        self._history, self._epoch_statistics, self._tracking_step = [], None, None
+        if self._log_every and trainer.is_global_zero:
+            for writer in _tensorboard_writers(trainer):
+                writer.add_custom_scalars(dashboard.custom_scalars_layout(self.swapped))
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        """On the first batch, count calls per CAReLU until backward, to find modules used at several sites."""
-        if self._call_counts is not None or self._probe_handles:
+        """Measure statistics during logging steps only; probe call sites on the first batch."""
+        if self._call_counts is None:
+            self._start_call_probe(pl_module)
+        if self._log_every and self._tracking_step is None and trainer.global_step % self._log_every == 0:
+            self._tracking_step = trainer.global_step
+            self._set_tracking(True)
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self._probe_handles:
+            self._finish_call_probe()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._tracking_step is None or trainer.global_step == self._tracking_step:
+            return  # not a logging step, or gradient accumulation: the optimizer has not stepped yet
+        self._log_statistics(trainer, self._tracking_step)
+        self._set_tracking(False)
+        self._tracking_step = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """TensorBoard: histograms of p per layer and the layers × steps heat maps."""
+        if not (self._log_every and trainer.is_global_zero and self._history):
             return
+        history = torch.stack(self._history)  # logged steps × layers × (mean p, mean s)
+        K = max(m.K for m in self._modules)
+        for writer in _tensorboard_writers(trainer):
+            if self.log_histograms and self._epoch_statistics is not None:
+                dashboard.write_histograms(writer, self.swapped, self._epoch_statistics, trainer.global_step)
+            energy = dashboard.heatmap(history[..., 0], 0.0, 1.0, dashboard.SEQUENTIAL)
+            scale = dashboard.heatmap(history[..., 1], -K, K, dashboard.DIVERGING)
+            writer.add_image("carelu/energy_ratio_map", energy, trainer.global_step)
+            writer.add_image("carelu/scale_map", scale, trainer.global_step)
+        self._epoch_statistics = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._set_tracking(False)
+        self._tracking_step = None
+
+    def _set_tracking(self, on: bool) -> None:
+        for module in self._modules:
+            module.track_statistics = on
+            if not on:
+                module.pop_statistics()  # drop anything a step that was not logged left behind
+
+    def _log_statistics(self, trainer: pl.Trainer, step: int) -> None:
+        """One collective (under DDP) and one device-to-host copy for all layers together."""
+        statistics = trainer.strategy.reduce(dashboard.collect(self._modules), reduce_op="sum")
+        if not trainer.is_global_zero:
+            return
+        parameters = torch.stack([torch.stack((m.alpha, m.beta)) for m in self._modules]).detach()
+        table = torch.cat((statistics, parameters.to(statistics)), dim=1).cpu()
+        statistics, parameters = table[:, :-2], table[:, -2:]
+        metrics = dashboard.scalars(self.swapped, statistics, parameters)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        groups = statistics[:, STATISTICS.index("groups")]
+        means = statistics[:, [STATISTICS.index("sum_p"), STATISTICS.index("sum_s")]] / groups.unsqueeze(1)
+        self._history.append(means)  # NaN for a layer that did not run: drawn in the lowest colour
+        self._epoch_statistics = statistics if self._epoch_statistics is None else self._epoch_statistics + statistics
+
+    def _start_call_probe(self, pl_module: pl.LightningModule) -> None:
+        """Count calls per CAReLU until the first backward, to find modules used at several sites."""
         self._call_counts = Counter()
         for name in self.swapped:
             hook = lambda module, args, name=name: self._call_counts.update([name])
             self._probe_handles.append(pl_module.get_submodule(name).register_forward_pre_hook(hook))
 
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        if not self._probe_handles:
-            return
+    def _finish_call_probe(self) -> None:
         for handle in self._probe_handles:
             handle.remove()
         self._probe_handles = []
@@ -185,6 +266,10 @@ class CAReLUCallback(Callback):
             rank_zero_warn(
                 f"CAReLUCallback: the checkpoint swapped {state_dict.get('swapped')}, this run swapped {self.swapped}"
             )
+
+
+def _tensorboard_writers(trainer: pl.Trainer) -> list:
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def _check_positive(argument: str, value: Any, allow_none: bool = False) -> None:
