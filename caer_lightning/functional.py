@@ -5,17 +5,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from caer_lightning.ops import IMPLEMENTATIONS
 from caer_lightning.ops.common import accumulation_dtype, check_options, group_dims
-from caer_lightning.ops.reference import competition_reference
+from caer_lightning.ops.op import carelu_op
+from caer_lightning.ops.reference import carelu_reference, competition_reference
+from caer_lightning.ops.triton import unsupported_reason
 
-IMPLS = ("auto", *IMPLEMENTATIONS)
+IMPLS = ("auto", "eager", "triton", "reference")
 
 
-def _resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, z: Tensor, dims: tuple[int, ...]) -> str:
+    """The implementation that runs: "auto" takes Triton for CUDA tensors it supports, eager otherwise."""
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not supported; accepted values: {', '.join(IMPLS)}")
-    return "eager" if impl == "auto" else impl
+    if impl == "auto":
+        return "triton" if z.is_cuda and unsupported_reason(z, list(dims)) is None else "eager"
+    if impl == "triton" and (reason := unsupported_reason(z, list(dims))) is not None:
+        raise ValueError(f"impl='triton' cannot take this input: {reason}; use impl='auto' or impl='eager'")
+    return impl
 
 
 def carelu_with_statistics(
@@ -31,8 +37,12 @@ def carelu_with_statistics(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Like `carelu`, but also returns the detached per-group p and s (float32/float64, size-1 dims kept)."""
     check_options(variant, reduction, K, eps)
-    fn = IMPLEMENTATIONS[_resolve_impl(impl)]
-    return fn(z, alpha, beta, float(K), variant, group_dims(z, reduction), float(eps))
+    dims = group_dims(z, reduction)
+    impl = resolve_impl(impl, z, dims)
+    if impl == "reference":
+        return carelu_reference(z, alpha, beta, float(K), variant, dims, float(eps))
+    out, p, tanh, _ = carelu_op(z, alpha, beta, float(K), variant, list(dims), float(eps), impl)
+    return out, p.detach(), (K * tanh).detach()
 
 
 def carelu(
@@ -48,8 +58,9 @@ def carelu(
 ) -> Tensor:
     """Competition-based Adaptive ReLU: ReLU(s·z), s = K·tanh(α·p + β), p the positives' share per group.
 
-    `impl` picks the implementation: "auto" (the fastest for the tensor's device), "eager" (custom
-    autograd.Function) or "reference" (autograd through plain ops, the test oracle).
+    `impl` picks the implementation: "auto" (Triton kernels for CUDA tensors of float32/float16/bfloat16 in
+    contiguous or channels_last layout, eager ops otherwise), "eager", "triton" (CPU tensors only under
+    TRITON_INTERPRET=1), or "reference" (autograd through plain ops, the test oracle).
     """
     out, _, _ = carelu_with_statistics(
         z, alpha, beta, K=K, variant=variant, reduction=reduction, eps=eps, impl=impl

@@ -1,9 +1,6 @@
-"""CAReLU implementations: `reference` (the oracle) and `eager` (custom autograd.Function)."""
+"""CAReLU implementations: `reference` (autograd through plain ops, the oracle), and the registered custom op
+`op.carelu_op` whose forward and backward run on `eager` PyTorch ops or on `triton` kernels."""
 
 from caer_lightning.ops.common import REDUCTIONS, VARIANTS
-from caer_lightning.ops.eager import carelu_eager
-from caer_lightning.ops.reference import carelu_reference
 
-IMPLEMENTATIONS = {"eager": carelu_eager, "reference": carelu_reference}
-
-__all__ = ["IMPLEMENTATIONS", "REDUCTIONS", "VARIANTS", "carelu_eager", "carelu_reference"]
+__all__ = ["REDUCTIONS", "VARIANTS"]

@@ -1,13 +1,11 @@
-"""CAReLU as a custom autograd.Function built from eager ops.
+"""CAReLU forward and backward from eager PyTorch ops (any device, any dtype).
 
-Forward: one reduction pass for p, one pass for ReLU(s·z). Backward saves only the input z and per-group
-scalars (p, tanh(αp+β), the normaliser of p), instead of the several full-size intermediates autograd keeps
-for the reference expression. Sums accumulate in float32 (float64 for float64 inputs).
+Forward: one reduction for p, one pass for ReLU(s·z). Backward needs only the input z and per-group scalars
+(p, tanh(αp+β), the normaliser of p): one reduction for G = Σ g·[s·z>0]·z, one pass for dL/dz. Sums
+accumulate in float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,7 +13,7 @@ from torch import Tensor
 from caer_lightning.ops.common import accumulation_dtype
 
 
-def _competition(z: Tensor, variant: str, dims: tuple[int, ...], eps: float, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+def _competition(z: Tensor, variant: str, dims: list[int], eps: float, acc: torch.dtype) -> tuple[Tensor, Tensor]:
     """p per group and its normaliser (Σz²+eps, Σ|z|+eps, or the group size), both in `acc`, keepdim."""
     if variant == "energy":
         # vector_norm casts to `acc` before squaring, so half inputs cannot overflow.
@@ -31,54 +29,46 @@ def _competition(z: Tensor, variant: str, dims: tuple[int, ...], eps: float, acc
     return positive / normaliser, normaliser
 
 
-class CAReLUFunction(torch.autograd.Function):
-    """Returns (ReLU(s·z), p, s); p and s are non-differentiable per-group statistics."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: tuple[int, ...], eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        acc = accumulation_dtype(z.dtype)
-        with torch.autocast(z.device.type, enabled=False):
-            p, normaliser = _competition(z, variant, dims, eps, acc)
-            tanh = torch.tanh(alpha.detach().to(acc) * p + beta.detach().to(acc))
-            s = K * tanh
-            out = torch.mul(z, s).relu_().to(z.dtype)
-        ctx.save_for_backward(z, p, tanh, normaliser, alpha.detach())
-        ctx.K, ctx.variant, ctx.dims = K, variant, dims
-        ctx.alpha_dtype, ctx.beta_dtype = alpha.dtype, beta.dtype
-        ctx.mark_non_differentiable(p, s)
-        ctx.set_materialize_grads(False)
-        return out, p, s
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor | None, _grad_p: Any, _grad_s: Any) -> tuple[Tensor | None, ...]:
-        if grad_out is None:
-            return (None,) * 7
-        z, p, tanh, normaliser, alpha = ctx.saved_tensors
-        K, variant, dims = ctx.K, ctx.variant, ctx.dims
-        acc = p.dtype
-        s = K * tanh
-        g = grad_out.to(acc)
-        # g·m with m = [s·z > 0]: the side that won the competition, which ReLU(s·z) passes.
-        g_winner = torch.where(torch.mul(z, s) > 0, g, 0.0)
-        du = torch.sum(g_winner * z, dims, keepdim=True, dtype=acc) * (K * (1 - tanh * tanh))
-
-        grad_z = None
-        if ctx.needs_input_grad[0]:
-            grad_z = g_winner.mul_(s)
-            if variant == "energy":  # ∂p/∂z = 2 (max(z,0) − p z) / (Σz² + eps)
-                grad_z += (2 * du * alpha.to(acc) / normaliser) * (torch.relu(z) - p * z)
-            elif variant == "l1":  # ∂p/∂z = ([z>0] − p sign z) / (Σ|z| + eps)
-                grad_z += (du * alpha.to(acc) / normaliser) * ((z > 0).to(acc) - p * torch.sign(z))
-            grad_z = grad_z.to(z.dtype)
-        grad_alpha = (du * p).sum().to(ctx.alpha_dtype) if ctx.needs_input_grad[1] else None
-        grad_beta = du.sum().to(ctx.beta_dtype) if ctx.needs_input_grad[2] else None
-        return grad_z, grad_alpha, grad_beta, None, None, None, None
+def forward_eager(
+    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: list[int], eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ReLU(s·z), p, tanh(αp+β), normaliser); the last three per group, keepdim, in the accumulation dtype."""
+    acc = accumulation_dtype(z.dtype)
+    p, normaliser = _competition(z, variant, dims, eps, acc)
+    tanh = torch.tanh(alpha.to(acc) * p + beta.to(acc))
+    out = torch.mul(z, K * tanh).relu_().to(z.dtype)
+    return out, p, tanh, normaliser
 
 
-def carelu_eager(
-    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: tuple[int, ...], eps: float
+def group_coefficient(
+    G: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float, variant: str
+) -> tuple[Tensor, Tensor | None]:
+    """du = G·K·(1−t²) per group, and c, the per-group factor of ∂p/∂z's elementwise term (None for count).
+
+    energy: dL/dz += c·(max(z,0) − p·z), c = 2·du·α/(Σz²+eps);  l1: dL/dz += c·([z>0] − p·sign z),
+    c = du·α/(Σ|z|+eps).
+    """
+    du = G * (K * (1 - tanh * tanh))
+    if variant == "count":
+        return du, None
+    return du, du * alpha.to(du.dtype) * (2.0 if variant == "energy" else 1.0) / normaliser
+
+
+def backward_eager(
+    grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float,
+    variant: str, dims: list[int],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(output, p, s) through `CAReLUFunction`; p and s kept as size-1 dims."""
-    return CAReLUFunction.apply(z, alpha, beta, K, variant, dims, eps)
+    """(dL/dz, dL/dα, dL/dβ) from the saved input and per-group scalars."""
+    acc = p.dtype
+    s = K * tanh
+    # g·m with m = [s·z > 0]: the side that won the competition, which ReLU(s·z) passes. (Products with a 0/1
+    # mask and addcmul_ with per-group factors: torch.where with broadcast operands is far slower on CPU.)
+    g_winner = grad.to(acc) * torch.mul(z, s).gt_(0)
+    G = torch.sum(g_winner * z, dims, keepdim=True, dtype=acc)
+    du, c = group_coefficient(G, p, tanh, normaliser, alpha, K, variant)
+    grad_z = g_winner.mul_(s)
+    if variant == "energy":  # c·(max(z,0) − p z)
+        grad_z.addcmul_(torch.relu(z), c).addcmul_(z, -c * p)
+    elif variant == "l1":  # c·([z>0] − p sign z)
+        grad_z.addcmul_(z > 0, c).addcmul_(torch.sign(z), -c * p)
+    return grad_z.to(z.dtype), (du * p).sum(), du.sum()
