@@ -1,7 +1,9 @@
-"""The `caer` command: LightningCLI with fit/validate/test/predict, models and data chosen by class_path."""
+"""The `caer` command: LightningCLI with fit/validate/test/predict, models and data chosen by class_path,
+and `caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -40,7 +42,12 @@ def build_cli(args: Any = None, run: bool = True) -> CAReLUCLI:
 
 
 def main() -> None:
-    """Entry point of the `caer` console script."""
+    """Entry point of the `caer` console script: `caer ab ...` runs an A/B test, anything else LightningCLI."""
+    if sys.argv[1:2] == ["ab"]:
+        from caer_lightning import ab
+
+        ab.main(sys.argv[2:])
+        return
     build_cli()
 
 

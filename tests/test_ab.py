@@ -1,0 +1,100 @@
+"""`caer ab`: a paired ReLU/CAReLU run over seeds, its report, JSON and plot, resuming, and failures."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from caer_lightning import ab
+
+QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+TINY = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=1", "--data.init_args.image_size=8", "--data.init_args.batch_size=16",
+        "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ab")
+    results = ab.main(["--config", QUICKSTART, "--seeds", "2", "--out", str(out), *TINY])
+    return out, results
+
+
+def test_json_has_both_arms_for_both_seeds_consistent_with_run_logs(two_seeds):
+    out, results = two_seeds
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(results["runs"]))
+    assert sorted((r["seed"], r["arm"]) for r in saved["runs"]) == [(0, "carelu"), (0, "relu"), (1, "carelu"), (1, "relu")]
+    for run in saved["runs"]:
+        assert run["status"] == "ok"
+        run_dir = out / f"seed{run['seed']}" / run["arm"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert run["val_acc"] == metrics["val_acc"] and len(run["val_acc"]) == 2
+        assert run["final_val_acc"] == metrics["val_acc"][-1] and run["test_acc"] == metrics["test_acc"]
+        (event_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+        events = EventAccumulator(str(event_dir))
+        events.Reload()
+        logged = [e.value for e in events.Scalars("val_acc")]
+        assert logged == pytest.approx(run["val_acc"], abs=1e-6), "the run's own TensorBoard log agrees"
+        swapped = "carelu/model.act1/energy_ratio" in events.Tags()["scalars"]
+        assert swapped == (run["arm"] == "carelu")
+    by = {(r["seed"], r["arm"]): r for r in saved["runs"]}
+    differences = [by[(s, "carelu")]["test_acc"] - by[(s, "relu")]["test_acc"] for s in (0, 1)]
+    summary = saved["summary"]
+    assert summary["difference_test_acc"]["mean"] == pytest.approx(statistics.fmean(differences))
+    assert summary["difference_test_acc"]["low"] <= summary["difference_test_acc"]["mean"] <= summary["difference_test_acc"]["high"]
+    assert summary["params_added"] == 2 * 17  # α and β for each of ResNet-18's 17 ReLUs
+    assert summary["ratio_step_seconds_median"] > 0 and summary["ratio_peak_memory_bytes"] > 0
+
+
+def test_report_table_and_plot(two_seeds):
+    out, _ = two_seeds
+    report = (out / "report.md").read_text()
+    for row in ("| final val accuracy |", "| test accuracy |", "| step time (ms) |", "| peak memory (MiB) |",
+                "| parameters |", "| 0 | relu | ok |", "| 1 | carelu | ok |"):
+        assert row in report
+    assert "95% CI" in report and "+34" in report
+    image = Image.open(out / "val_acc.png")
+    assert image.size[0] >= 600 and image.size[1] >= 400
+
+
+def test_both_arms_of_a_seed_see_the_same_batches(two_seeds):
+    out, _ = two_seeds
+    batches = {(s, arm): json.loads((out / f"seed{s}" / arm / "metrics.json").read_text())["batches"]
+               for s in (0, 1) for arm in ab.ARMS}
+    assert len(batches[(0, "relu")]) == 6  # 3 batches × 2 epochs
+    for seed in (0, 1):
+        assert batches[(seed, "relu")] == batches[(seed, "carelu")]
+    assert batches[(0, "relu")] != batches[(1, "relu")], "the fingerprint must tell different orders apart"
+
+
+def test_rerun_skips_finished_runs(two_seeds, capsys):
+    out, results = two_seeds
+    result_file = out / "seed1" / "carelu" / "result.json"
+    result_file.unlink()  # as if `caer ab` had been interrupted during this run
+    again = ab.main(["--config", QUICKSTART, "--seeds", "2", "--out", str(out), *TINY])
+    printed = capsys.readouterr().out
+    assert printed.count("already finished, skipped") == 3 and "[4/4] seed 1, carelu: done" in printed
+    assert [r["status"] for r in again["runs"]] == ["ok"] * 4
+
+
+def test_a_failing_arm_is_reported(tmp_path):
+    config = yaml.safe_load(Path(QUICKSTART).read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"] == "caer_lightning.CAReLUCallback":
+            callback["init_args"]["include"] = "no_such_layer"  # matches nothing: the CAReLU arm must fail
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    results = ab.main(["--config", str(path), "--seeds", "1", "--out", str(tmp_path / "out"), *TINY])
+    status = {r["arm"]: r["status"] for r in results["runs"]}
+    assert status == {"relu": "ok", "carelu": "failed"}
+    assert "matched no module" in results["runs"][1]["error"]
+    assert results["summary"]["failed"][0]["arm"] == "carelu" and results["summary"]["paired_seeds"] == []
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0 | carelu | **failed**" in report
