@@ -46,9 +46,9 @@ class RunRecorder(Callback):
         self.record["params"] = sum(p.numel() for p in pl_module.parameters())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
         x, y = batch[0], batch[1]
         self.record["batches"].append([round(float(x.double().sum()), 6), int(y.sum())])
+        self._start = time.perf_counter()  # after the fingerprint, whose host sync is not the step's cost
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if torch.cuda.is_available():
