@@ -31,7 +31,6 @@ class NewGroup:
     index: int
     source: int
     ratio: float
-    lr: float
 
 
 def move_to_own_group(
@@ -64,7 +63,7 @@ def move_to_own_group(
         if key in group:
             group[key] = float(group[key]) * ratio if source_base else base
     optimizer.add_param_group(group)
-    return NewGroup(index=len(optimizer.param_groups) - 1, source=source, ratio=ratio, lr=group["lr"])
+    return NewGroup(index=len(optimizer.param_groups) - 1, source=source, ratio=ratio)
 
 
 def extend_scheduler(scheduler: object, new: NewGroup) -> bool:

@@ -76,7 +76,8 @@ class CAReLUCallback(Callback):
     ) -> None:
         self.targets = resolve_targets(targets)
         self.include, self.exclude = include, exclude
-        compile_patterns("include", include), compile_patterns("exclude", exclude)
+        compile_patterns("include", include)  # validate the regexes now, before any training
+        compile_patterns("exclude", exclude)
         self.activation_config = dict(
             variant=variant, reduction=reduction, K=K, alpha_init=alpha_init, beta_init=beta_init, eps=eps
         )
