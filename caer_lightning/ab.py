@@ -34,13 +34,16 @@ RECORDER = "caer_lightning.ab.RunRecorder"
 
 
 class RunRecorder(Callback):
-    """Writes what `caer ab` compares to `path` (JSON): validation curve, test accuracy, step times, peak
-    memory, parameter count, and a fingerprint of every training batch (to check the arms saw the same)."""
+    """Writes what `caer ab` compares to `path` (JSON): validation curve, test accuracy, mean train loss per
+    epoch, each CAReLU's α and β at every epoch end, step times, peak memory, parameter count, and a
+    fingerprint of every training batch (to check the arms saw the same)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.record: dict[str, Any] = {"val_acc": [], "step_seconds": [], "batches": []}
+        self.record: dict[str, Any] = {"val_acc": [], "train_loss": [], "carelu": [], "step_seconds": [], "batches": []}
         self._start = 0.0
+        self._loss_sum: torch.Tensor | None = None  # on the device: no host sync per step
+        self._loss_count = 0
 
     def on_train_start(self, trainer, pl_module):
         self.record["params"] = sum(p.numel() for p in pl_module.parameters())
@@ -54,6 +57,20 @@ class RunRecorder(Callback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.record["step_seconds"].append(time.perf_counter() - self._start)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._loss_count:
+            self.record["train_loss"].append(float(self._loss_sum) / self._loss_count)
+        self._loss_sum, self._loss_count = None, 0
+        from caer_lightning.activation import CAReLU
+
+        self.record["carelu"].append({name: [float(m.alpha), float(m.beta)]
+                                      for name, m in pl_module.named_modules() if isinstance(m, CAReLU)})
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking and "val_acc" in trainer.callback_metrics:
@@ -91,16 +108,20 @@ def resolved_config(config: str, overrides: list[str]) -> dict:
     return yaml.safe_load(text)
 
 
-def arm_config(base: dict, arm: str, seed: int, run_dir: Path) -> dict:
+def arm_config(base: dict, arm: str, seed: int, run_dir: Path, callback_args: dict | None = None) -> dict:
     """`base` for one arm: without any CAReLUCallback (relu) or with one (carelu; the config's own if it has
-    one), the seed set, logs and checkpoints in `run_dir`, and a RunRecorder."""
+    one, its init_args updated with `callback_args`), the seed set, logs and checkpoints in `run_dir`, and a
+    RunRecorder."""
     config = json.loads(json.dumps(base))
     trainer = config.setdefault("trainer", {})
     callbacks = [c for c in trainer.get("callbacks") or [] if isinstance(c, dict)]
     own = [c for c in callbacks if c.get("class_path") == CALLBACK]
     others = [c for c in callbacks if c.get("class_path") not in (CALLBACK, RECORDER)]
     if arm == "carelu":
-        others = (own or [{"class_path": CALLBACK}]) + others
+        own = own or [{"class_path": CALLBACK}]
+        for callback in own:
+            callback["init_args"] = {**(callback.get("init_args") or {}), **(callback_args or {})}
+        others = own + others
     others.append({"class_path": RECORDER, "init_args": {"path": str(run_dir / "metrics.json")}})
     trainer["callbacks"] = others
     trainer["default_root_dir"] = str(run_dir)
@@ -112,9 +133,16 @@ def arm_config(base: dict, arm: str, seed: int, run_dir: Path) -> dict:
     return config
 
 
-def run_arm(base: dict, arm: str, seed: int, out: Path) -> dict:
-    """Train one arm of one seed in its own process (skipped if it finished before); returns its record."""
-    run_dir = out / f"seed{seed}" / arm
+def run_arm(
+    base: dict, arm: str, seed: int, out: Path, *, label: str | None = None, callback_args: dict | None = None,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Train one arm of one seed in its own process (skipped if it finished before); returns its record.
+
+    `label` names the run (its folder and its "arm" in the record; default `arm`), `callback_args` update the
+    CAReLU callback's init_args, `env` is the process environment (default: this one's)."""
+    label = label or arm
+    run_dir = out / f"seed{seed}" / label
     result_path = run_dir / "result.json"
     if result_path.is_file():
         result = json.loads(result_path.read_text())
@@ -122,14 +150,14 @@ def run_arm(base: dict, arm: str, seed: int, out: Path) -> dict:
             return {**result, "skipped": True}
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(arm_config(base, arm, seed, run_dir), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(arm_config(base, arm, seed, run_dir, callback_args), sort_keys=False))
     log_path = run_dir / "output.log"
     start = time.time()
     with open(log_path, "w") as log:
         done = subprocess.run([sys.executable, "-m", "caer_lightning.cli", "fit", "--config", str(config_path)],
-                              stdout=log, stderr=subprocess.STDOUT)
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
     metrics_path = run_dir / "metrics.json"
-    result: dict[str, Any] = {"seed": seed, "arm": arm, "seconds": time.time() - start}
+    result: dict[str, Any] = {"seed": seed, "arm": label, "seconds": time.time() - start}
     if done.returncode == 0 and metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         result.update(status="ok", **{k: v for k, v in metrics.items() if k != "batches"})

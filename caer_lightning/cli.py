@@ -1,5 +1,6 @@
 """The `caer` command: LightningCLI with fit/validate/test/predict, models and data chosen by class_path,
-and `caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU."""
+`caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU, and `caer stability`
+(caer_lightning/stability.py), a sweep over seeds that counts diverged runs."""
 
 from __future__ import annotations
 
@@ -42,13 +43,18 @@ def build_cli(args: Any = None, run: bool = True) -> CAReLUCLI:
 
 
 def main() -> None:
-    """Entry point of the `caer` console script: `caer ab ...` runs an A/B test, anything else LightningCLI."""
+    """Entry point of the `caer` console script: `caer ab ...` runs an A/B test, `caer stability ...` a
+    stability sweep, anything else LightningCLI."""
     if sys.argv[1:2] == ["ab"]:
         from caer_lightning import ab
 
         ab.main(sys.argv[2:])
-        return
-    build_cli()
+    elif sys.argv[1:2] == ["stability"]:
+        from caer_lightning import stability
+
+        stability.main(sys.argv[2:])
+    else:
+        build_cli()
 
 
 if __name__ == "__main__":
