@@ -10,7 +10,9 @@ from torch import Tensor, nn
 from caer_lightning.functional import carelu_with_statistics, competition
 from caer_lightning.ops.common import check_options
 
-STATISTICS = ("sum_p", "sum_p2", "sum_s", "neg_win", "groups")  # then HISTOGRAM_BINS counts of p
+# Σp, Σp², Σs, groups with s < 0, Σ|α·p + β| (how far tanh is into saturation), number of groups;
+# then HISTOGRAM_BINS counts of p.
+STATISTICS = ("sum_p", "sum_p2", "sum_s", "neg_win", "sum_saturation", "groups")
 HISTOGRAM_BINS = 20  # equal-width bins of p over [0, 1]
 
 
@@ -30,8 +32,8 @@ class CAReLU(nn.Module):
     per channel or per token (`reduction`). At the default init (α = 0, β = atanh(1/K)) it equals ReLU.
 
     While training with `track_statistics` on (CAReLUCallback turns it on for logging steps), each forward
-    adds, on the device and without a host sync, Σp, Σp², Σs, the number of groups with s < 0, the number of
-    groups and a histogram of p to a running total; `pop_statistics()` returns and resets it.
+    adds, on the device and without a host sync, Σp, Σp², Σs, the number of groups with s < 0, Σ|α·p + β|, the
+    number of groups and a histogram of p to a running total; `pop_statistics()` returns and resets it.
     """
 
     def __init__(
@@ -68,9 +70,10 @@ class CAReLU(nn.Module):
         if self._statistics is None or self._statistics.device != p.device:
             self._statistics = torch.zeros(len(STATISTICS) + HISTOGRAM_BINS, dtype=torch.float32, device=p.device)
         p, s = p.reshape(-1), s.reshape(-1)
-        sums = torch.stack((p.sum(), p.square().sum(), s.sum(), (s < 0).sum(dtype=s.dtype)))
-        self._statistics[:4] += sums
-        self._statistics[4] += p.numel()
+        saturation = torch.addcmul(self.beta.to(p.dtype), self.alpha.to(p.dtype), p).abs_()  # |α·p + β|
+        sums = torch.stack((p.sum(), p.square().sum(), s.sum(), (s < 0).sum(dtype=s.dtype), saturation.sum()))
+        self._statistics[:5] += sums
+        self._statistics[5] += p.numel()
         bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)  # bincount: deterministic on CUDA
         self._statistics[len(STATISTICS):] += torch.bincount(bins, minlength=HISTOGRAM_BINS)
 

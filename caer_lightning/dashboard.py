@@ -10,7 +10,7 @@ from torch import Tensor
 
 from caer_lightning.activation import HISTOGRAM_BINS, STATISTICS, CAReLU
 
-QUANTITIES = ("energy_ratio", "scale", "neg_win", "alpha", "beta")
+QUANTITIES = ("energy_ratio", "scale", "neg_win", "saturation", "alpha", "beta")
 _COLUMN = {name: i for i, name in enumerate(STATISTICS)}
 # Colour anchors, low to high: a viridis-like ramp for p in [0, 1], blue-white-red for s in [-K, K].
 SEQUENTIAL = ((0.27, 0.00, 0.33), (0.23, 0.32, 0.55), (0.13, 0.57, 0.55), (0.37, 0.79, 0.38), (0.99, 0.91, 0.14))
@@ -40,6 +40,7 @@ def scalars(names: Sequence[str], statistics: Tensor, parameters: Tensor) -> dic
             metrics[key(name, "energy_ratio")] = row[_COLUMN["sum_p"]] / groups
             metrics[key(name, "scale")] = row[_COLUMN["sum_s"]] / groups
             metrics[key(name, "neg_win")] = row[_COLUMN["neg_win"]] / groups
+            metrics[key(name, "saturation")] = row[_COLUMN["sum_saturation"]] / groups
         metrics[key(name, "alpha")], metrics[key(name, "beta")] = alpha, beta
     return metrics
 

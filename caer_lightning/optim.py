@@ -5,10 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
 GROUP_NAME = "carelu"
+
+# The default lr_scale, by optimizer family (README, "Stable by default", has the sweep behind the numbers).
+# Adam-like optimizers step each parameter by about lr whatever its gradient: α, β move like any weight.
+# SGD-like ones step in proportion to the gradient, and α, β's sums over a whole layer: a smaller scale.
+ADAPTIVE_LR_SCALE = 1.0
+SGD_LR_SCALE = 0.1
+ADAPTIVE_OPTIMIZERS = tuple(
+    getattr(torch.optim, name) for name in (
+        "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "Adadelta", "RMSprop", "Rprop", "SparseAdam",
+        "Adafactor",
+    ) if hasattr(torch.optim, name)
+)
 
 # Built-in schedulers whose per-group state this module knows how to extend (subclasses included).
 KNOWN_SCHEDULERS = (
@@ -33,17 +46,30 @@ class NewGroup:
     ratio: float
 
 
+def is_adaptive(optimizer: Optimizer) -> bool:
+    """Whether `optimizer` normalises each parameter's step (Adam-like): a torch.optim class of that family, or
+    any optimizer whose groups all carry Adam's `betas` (timm's Lamb, AdaBelief, Lion, ...)."""
+    groups = optimizer.param_groups
+    return isinstance(optimizer, ADAPTIVE_OPTIMIZERS) or (bool(groups) and all("betas" in g for g in groups))
+
+
+def default_lr_scale(optimizer: Optimizer) -> float:
+    """The lr_scale used when none is given: ADAPTIVE_LR_SCALE for Adam-like optimizers, SGD_LR_SCALE otherwise."""
+    return ADAPTIVE_LR_SCALE if is_adaptive(optimizer) else SGD_LR_SCALE
+
+
 def move_to_own_group(
     optimizer: Optimizer,
     params: Iterable[nn.Parameter],
     *,
     lr: float | None = None,
-    lr_scale: float = 1.0,
+    lr_scale: float | None = None,
     weight_decay: float = 0.0,
 ) -> NewGroup:
     """Remove `params` (by identity) from every group of `optimizer` and add them as one group named "carelu".
 
-    Its base lr is `lr`, or `lr_scale` × the base lr of the group they came from (group 0 if none held them);
+    Its base lr is `lr`, or `lr_scale` (default: `default_lr_scale(optimizer)`) × the base lr of the group they
+    came from (group 0 if none held them);
     its current lr keeps that ratio to the source group's current lr; other keys are copied from the source.
     """
     params = list(params)
@@ -54,6 +80,8 @@ def move_to_own_group(
 
     source_group = optimizer.param_groups[source]
     source_base = float(source_group.get("initial_lr", source_group["lr"]))
+    if lr_scale is None:
+        lr_scale = default_lr_scale(optimizer)
     base = float(lr) if lr is not None else lr_scale * source_base
     ratio = base / source_base if source_base else 0.0
     group = {k: v for k, v in source_group.items() if k not in ("params", "name")}

@@ -31,7 +31,8 @@ from torch.utils.hooks import RemovableHandle
 
 from caer_lightning import dashboard
 from caer_lightning.activation import STATISTICS, CAReLU
-from caer_lightning.optim import extend_scheduler, move_to_own_group
+from caer_lightning.guards import check_finite, saturated_layers, saturation_message
+from caer_lightning.optim import GROUP_NAME, default_lr_scale, extend_scheduler, move_to_own_group
 from caer_lightning.swap import Patterns, Target, class_path, compile_patterns, resolve_targets, swap_activations
 
 STATE_KIND = "caer_lightning.CAReLUCallback"
@@ -47,7 +48,8 @@ class CAReLUCallback(Callback):
         variant, reduction, K, alpha_init, beta_init, eps: the CAReLU configuration (see ``CAReLU``).
         lr: base learning rate of the ``carelu`` group; default ``lr_scale`` × the lr of the group the
             parameters came from (group 0 if none held them).
-        lr_scale: multiplier used when ``lr`` is None.
+        lr_scale: multiplier used when ``lr`` is None. Default: 1.0 under Adam-like optimizers, 0.1 under
+            SGD and other optimizers whose step grows with the gradient (README: "Stable by default").
         weight_decay: weight decay of the ``carelu`` group (0.0: decay pulls β, and so the scale, toward 0).
         log_every_n_steps: logging cadence of the per-layer statistics (only the steps logged are measured);
             None uses the Trainer's; 0 turns the statistics off.
@@ -69,7 +71,7 @@ class CAReLUCallback(Callback):
         beta_init: float | None = None,
         eps: float = 1e-6,
         lr: float | None = None,
-        lr_scale: float = 1.0,
+        lr_scale: float | None = None,
         weight_decay: float = 0.0,
         log_every_n_steps: int | None = None,
         log_histograms: bool = True,
@@ -83,7 +85,7 @@ class CAReLUCallback(Callback):
         )
         CAReLU(**self.activation_config)  # validates every activation argument now, before any training
         _check_positive("lr", lr, allow_none=True)
-        _check_positive("lr_scale", lr_scale)
+        _check_positive("lr_scale", lr_scale, allow_none=True)
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} is not supported; accepted values: a number >= 0")
         if log_every_n_steps is not None and (
@@ -103,6 +105,7 @@ class CAReLUCallback(Callback):
         self._tracking_step: int | None = None  # global step whose statistics are being measured
         self._history: list[Tensor] = []  # rank zero: per logged step, (layers, 2) mean p and mean s
         self._epoch_statistics: Tensor | None = None  # rank zero: summed statistics of the epoch's logged steps
+        self._saturated: set[str] = set()  # layers already named in a saturation warning
 
     @property
     def state_key(self) -> str:
@@ -152,6 +155,11 @@ class CAReLUCallback(Callback):
             new = move_to_own_group(
                 optimizer, owned, lr=self.lr, lr_scale=self.lr_scale, weight_decay=self.weight_decay
             )
+            rank_zero_info(
+                f"CAReLUCallback: alpha, beta of {len(owned) // 2} layers train in group '{GROUP_NAME}' of "
+                f"{type(optimizer).__name__} at lr {optimizer.param_groups[new.index]['lr']:.4g} "
+                f"({self._lr_rule(optimizer)})"
+            )
             for config in trainer.lr_scheduler_configs:
                 if config.scheduler.optimizer is optimizer and not extend_scheduler(config.scheduler, new):
                     rank_zero_warn(
@@ -160,11 +168,18 @@ class CAReLUCallback(Callback):
                         "it schedules that group (LearningRateMonitor shows it as lr-<optimizer>/carelu)."
                     )
 
+    def _lr_rule(self, optimizer: torch.optim.Optimizer) -> str:
+        if self.lr is not None:
+            return f"lr={self.lr:g}"
+        if self.lr_scale is not None:
+            return f"lr_scale={self.lr_scale:g}"
+        return f"lr_scale={default_lr_scale(optimizer):g}, the default for {type(optimizer).__name__}"
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the logging cadence and write the TensorBoard custom-scalars layout once."""
         self._modules = [pl_module.get_submodule(name) for name in self.swapped]
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
-        self._log_every = every if trainer.loggers and self._modules else 0
+        self._log_every = every if self._modules else 0  # the guards run on these steps even without a logger
         self._history, self._epoch_statistics, self._tracking_step = [], None, None
         if self._log_every and trainer.is_global_zero:
             for writer in _tensorboard_writers(trainer):
@@ -217,20 +232,32 @@ class CAReLUCallback(Callback):
                 module.pop_statistics()  # drop anything a step that was not logged left behind
 
     def _log_statistics(self, trainer: pl.Trainer, step: int) -> None:
-        """One collective (under DDP) and one device-to-host copy for all layers together."""
+        """One collective (under DDP) and one device-to-host copy for all layers together; the guards run on
+        every rank, so that all of them stop together."""
         statistics = trainer.strategy.reduce(dashboard.collect(self._modules), reduce_op="sum")
-        if not trainer.is_global_zero:
-            return
         parameters = torch.stack([torch.stack((m.alpha, m.beta)) for m in self._modules]).detach()
         table = torch.cat((statistics, parameters.to(statistics)), dim=1).cpu()
         statistics, parameters = table[:, :-2], table[:, -2:]
+        check_finite(self.swapped, parameters, step, "found on a logged step")
+        if not trainer.is_global_zero:
+            return
         metrics = dashboard.scalars(self.swapped, statistics, parameters)
+        self._warn_saturated(metrics, step)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         groups = statistics[:, STATISTICS.index("groups")]
         means = statistics[:, [STATISTICS.index("sum_p"), STATISTICS.index("sum_s")]] / groups.unsqueeze(1)
         self._history.append(means)  # NaN for a layer that did not run: drawn in the lowest colour
         self._epoch_statistics = statistics if self._epoch_statistics is None else self._epoch_statistics + statistics
+
+    def _warn_saturated(self, metrics: dict[str, float], step: int) -> None:
+        """One warning for the layers that saturated since the last one (each layer is named once)."""
+        saturation = [metrics.get(dashboard.key(n, "saturation"), 0.0) for n in self.swapped]
+        new = {n: v for n, v in saturated_layers(self.swapped, saturation).items() if n not in self._saturated}
+        if new:
+            self._saturated.update(new)
+            scales = {n: metrics[dashboard.key(n, "scale")] for n in new}
+            rank_zero_warn(saturation_message(new, scales, step))
 
     def _start_call_probe(self, pl_module: pl.LightningModule) -> None:
         """Count calls per CAReLU until the first backward, to find modules used at several sites."""
@@ -253,6 +280,13 @@ class CAReLUCallback(Callback):
                 "reuses `relu`), so those places share one alpha and beta. Give each place its own activation "
                 "module if they should learn separately."
             )
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse to let a checkpoint with non-finite α or β be written (one host sync per checkpoint)."""
+        modules = [pl_module.get_submodule(name) for name in self.swapped]
+        if modules:
+            parameters = torch.stack([torch.stack((m.alpha, m.beta)) for m in modules]).detach().cpu()
+            check_finite(self.swapped, parameters, trainer.global_step, "found when saving a checkpoint")
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": STATE_KIND, "config": self.config, "swapped": list(self.swapped)}
