@@ -44,7 +44,7 @@ class StepProbe(pl.Callback):
         self._weights = [(p, p.detach().clone()) for p in weights]
         self.rows.append({
             "weight_grad_rms": (squares / sum(p.numel() for p in weights)) ** 0.5,
-            "layers": {n: [abs(float(m.alpha.grad)), abs(float(m.beta.grad)), float(m.beta)]
+            "layers": {n: [abs(m.alpha.grad.item()), abs(m.beta.grad.item()), m.beta.item()]
                        for n, m in pl_module.named_modules() if isinstance(m, CAReLU)},
         })
 
@@ -54,7 +54,7 @@ class StepProbe(pl.Callback):
         row["weight_relative_step"] = statistics.median(changes)
         for name, module in pl_module.named_modules():
             if isinstance(module, CAReLU):
-                row["layers"][name][2] = abs(float(module.beta) - row["layers"][name][2])
+                row["layers"][name][2] = abs(module.beta.item() - row["layers"][name][2])
 
 
 def measure(optimizer, seed: int, epochs: int, lr_scale: float | None) -> list[dict]:
