@@ -28,6 +28,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from caer_lightning.activation import CAReLU
+
 ARMS = ("relu", "carelu")
 CALLBACK = "caer_lightning.CAReLUCallback"
 RECORDER = "caer_lightning.ab.RunRecorder"
@@ -67,9 +69,7 @@ class RunRecorder(Callback):
         if self._loss_count:
             self.record["train_loss"].append(float(self._loss_sum) / self._loss_count)
         self._loss_sum, self._loss_count = None, 0
-        from caer_lightning.activation import CAReLU
-
-        self.record["carelu"].append({name: [float(m.alpha), float(m.beta)]
+        self.record["carelu"].append({name: [m.alpha.item(), m.beta.item()]
                                       for name, m in pl_module.named_modules() if isinstance(m, CAReLU)})
 
     def on_validation_epoch_end(self, trainer, pl_module):

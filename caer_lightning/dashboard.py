@@ -31,6 +31,11 @@ def collect(modules: Sequence[CAReLU]) -> Tensor:
     return torch.stack(rows)
 
 
+def parameters(modules: Sequence[CAReLU]) -> Tensor:
+    """One (layers, 2) device tensor of the modules' (α, β), detached."""
+    return torch.stack([torch.stack((m.alpha, m.beta)) for m in modules]).detach()
+
+
 def scalars(names: Sequence[str], statistics: Tensor, parameters: Tensor) -> dict[str, float]:
     """Per-layer means from summed statistics (CPU tensors); layers that did not run are left out."""
     metrics = {}

@@ -51,8 +51,8 @@ class CAReLUCallback(Callback):
         lr_scale: multiplier used when ``lr`` is None. Default: 1.0 under Adam-like optimizers, 0.1 under
             SGD and other optimizers whose step grows with the gradient (README: "Stable by default").
         weight_decay: weight decay of the ``carelu`` group (0.0: decay pulls β, and so the scale, toward 0).
-        log_every_n_steps: logging cadence of the per-layer statistics (only the steps logged are measured);
-            None uses the Trainer's; 0 turns the statistics off.
+        log_every_n_steps: cadence of the per-layer statistics and of the guards that read them (only these
+            steps are measured; with or without a logger); None uses the Trainer's; 0 turns them off.
         log_histograms: whether to log histograms of p per layer (TensorBoard, at epoch end).
 
     Raises:
@@ -235,7 +235,7 @@ class CAReLUCallback(Callback):
         """One collective (under DDP) and one device-to-host copy for all layers together; the guards run on
         every rank, so that all of them stop together."""
         statistics = trainer.strategy.reduce(dashboard.collect(self._modules), reduce_op="sum")
-        parameters = torch.stack([torch.stack((m.alpha, m.beta)) for m in self._modules]).detach()
+        parameters = dashboard.parameters(self._modules)
         table = torch.cat((statistics, parameters.to(statistics)), dim=1).cpu()
         statistics, parameters = table[:, :-2], table[:, -2:]
         check_finite(self.swapped, parameters, step, "found on a logged step")
@@ -285,7 +285,7 @@ class CAReLUCallback(Callback):
         """Refuse to let a checkpoint with non-finite α or β be written (one host sync per checkpoint)."""
         modules = [pl_module.get_submodule(name) for name in self.swapped]
         if modules:
-            parameters = torch.stack([torch.stack((m.alpha, m.beta)) for m in modules]).detach().cpu()
+            parameters = dashboard.parameters(modules).cpu()
             check_finite(self.swapped, parameters, trainer.global_step, "found when saving a checkpoint")
 
     def state_dict(self) -> dict[str, Any]:
