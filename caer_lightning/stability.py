@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs = list(pool.map(run, jobs))
     rows = summarize(args.arms, runs)
     table = markdown(rows, args.seeds)
-    command = " ".join(["caer stability", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["caer", "stability", *(argv if argv is not None else sys.argv[1:])])
     (out / "stability.md").write_text(f"`{command}`\n\n{table}")
     (out / "stability.json").write_text(json.dumps({"command": command, "rows": rows, "runs": runs}, indent=2))
     print(table)
