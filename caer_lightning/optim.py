@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.optim import Optimizer, lr_scheduler
+from torch.optim import Optimizer
 
 GROUP_NAME = "carelu"
 
@@ -23,27 +23,23 @@ ADAPTIVE_OPTIMIZERS = tuple(
     ) if hasattr(torch.optim, name)
 )
 
-# Built-in schedulers whose per-group state this module knows how to extend (subclasses included).
-KNOWN_SCHEDULERS = (
-    lr_scheduler.StepLR, lr_scheduler.MultiStepLR, lr_scheduler.ExponentialLR, lr_scheduler.CosineAnnealingLR,
-    lr_scheduler.CosineAnnealingWarmRestarts, lr_scheduler.LambdaLR, lr_scheduler.MultiplicativeLR,
-    lr_scheduler.LinearLR, lr_scheduler.ConstantLR, lr_scheduler.PolynomialLR, lr_scheduler.OneCycleLR,
-    lr_scheduler.CyclicLR, lr_scheduler.ReduceLROnPlateau, lr_scheduler.SequentialLR, lr_scheduler.ChainedScheduler,
-)
 # Per-group learning rates a scheduler keeps in lists or in the param group: scaled by the group's lr ratio.
 _LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
 _LR_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr")
 # Per-group values copied as they are from the source group's entry.
 _COPIED_LISTS = ("lr_lambdas", "base_momentums", "max_momentums")
+# Key of the CAReLU group that records which group its lr follows (kept by optimizer checkpoints).
+SOURCE_KEY = "carelu_source"
 
 
 @dataclass(frozen=True)
 class NewGroup:
-    """Where the CAReLU group of one optimizer came from: its source group and lr ratio to it."""
+    """A CAReLU group of one optimizer: its index, the group its lr follows, and the lr ratio between them
+    (None when that group's base lr is 0: then the CAReLU group keeps its own lr)."""
 
     index: int
     source: int
-    ratio: float
+    ratio: float | None
 
 
 def is_adaptive(optimizer: Optimizer) -> bool:
@@ -58,52 +54,82 @@ def default_lr_scale(optimizer: Optimizer) -> float:
     return ADAPTIVE_LR_SCALE if is_adaptive(optimizer) else SGD_LR_SCALE
 
 
+def find_group(optimizer: Optimizer, name: str) -> int | None:
+    """Index of the param group called `name`, or None."""
+    return next((i for i, g in enumerate(optimizer.param_groups) if g.get("name") == name), None)
+
+
 def move_to_own_group(
     optimizer: Optimizer,
     params: Iterable[nn.Parameter],
     *,
+    name: str = GROUP_NAME,
     lr: float | None = None,
     lr_scale: float | None = None,
     weight_decay: float = 0.0,
 ) -> NewGroup:
-    """Remove `params` (by identity) from every group of `optimizer` and add them as one group named "carelu".
+    """Remove `params` (by identity) from every other group of `optimizer` and hold them in one group `name`.
 
     Its base lr is `lr`, or `lr_scale` (default: `default_lr_scale(optimizer)`) × the base lr of the group they
-    came from (group 0 if none held them);
-    its current lr keeps that ratio to the source group's current lr; other keys are copied from the source.
+    came from (group 0 if none held them); its current lr keeps that ratio to the source group's current lr;
+    other keys are copied from the source. Idempotent: when a group `name` exists already (a cached optimizer,
+    fine-tuning callbacks that restore groups), it is reused with the source it recorded.
     """
     params = list(params)
     ids = {id(p) for p in params}
-    source = next((i for i, g in enumerate(optimizer.param_groups) if any(id(p) in ids for p in g["params"])), 0)
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    existing = find_group(optimizer, name)
+    if existing is not None:
+        source = optimizer.param_groups[existing].get(SOURCE_KEY, 0)
+    else:
+        source = next((i for i, g in enumerate(optimizer.param_groups) if any(id(p) in ids for p in g["params"])), 0)
+    for index, group in enumerate(optimizer.param_groups):
+        if index != existing:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
 
     source_group = optimizer.param_groups[source]
     source_base = float(source_group.get("initial_lr", source_group["lr"]))
     if lr_scale is None:
         lr_scale = default_lr_scale(optimizer)
     base = float(lr) if lr is not None else lr_scale * source_base
-    ratio = base / source_base if source_base else 0.0
+    ratio = base / source_base if source_base else None
+    if existing is not None:
+        group = optimizer.param_groups[existing]
+        held = {id(p) for p in group["params"]}
+        group["params"].extend(p for p in params if id(p) not in held)
+        group.update(weight_decay=weight_decay, **{SOURCE_KEY: source})
+        return NewGroup(index=existing, source=source, ratio=ratio)
     group = {k: v for k, v in source_group.items() if k not in ("params", "name")}
-    group.update(params=params, name=GROUP_NAME, weight_decay=weight_decay)
-    group["lr"] = float(source_group["lr"]) * ratio if source_base else base
+    group.update(params=params, name=name, weight_decay=weight_decay, **{SOURCE_KEY: source})
+    group["lr"] = float(source_group["lr"]) * ratio if ratio is not None else base
     for key in _LR_GROUP_KEYS:
         if key in group:
-            group[key] = float(group[key]) * ratio if source_base else base
+            group[key] = float(group[key]) * ratio if ratio is not None else base
     optimizer.add_param_group(group)
     return NewGroup(index=len(optimizer.param_groups) - 1, source=source, ratio=ratio)
 
 
-def extend_scheduler(scheduler: object, new: NewGroup) -> bool:
-    """Append the new group's entry to every per-group list of `scheduler` (and its children).
+def keep_ratio(optimizer: Optimizer, name: str, ratio: float | None) -> None:
+    """Set group `name`'s lr to `ratio` × its source group's current lr, whatever a scheduler did to it.
 
-    Returns False when the scheduler class is not a known built-in, so the caller can warn.
+    This is what keeps the ratio under every scheduler: eta_min/min_lr floors (one value for all groups),
+    SWALR's swa_lrs, timm's schedulers (which only know the groups that existed when they were built), and
+    schedulers stepped by hand.
     """
+    index = find_group(optimizer, name)
+    if index is None or ratio is None:
+        return
+    group = optimizer.param_groups[index]
+    source = optimizer.param_groups[group.get(SOURCE_KEY, 0)]
+    group["lr"] = ratio * float(source["lr"])
+
+
+def extend_scheduler(scheduler: object, new: NewGroup) -> None:
+    """Append the new group's entry to every per-group list of `scheduler` (and its children), so that it
+    schedules the group from the first step (`keep_ratio` then holds the ratio exactly)."""
     for child in getattr(scheduler, "_schedulers", ()):  # SequentialLR, ChainedScheduler
         extend_scheduler(child, new)
     for attribute in _LR_LISTS + _COPIED_LISTS:
         values = getattr(scheduler, attribute, None)
         if isinstance(values, list) and len(values) == new.index:  # not extended yet
             entry = values[new.source]
-            values.append(entry * new.ratio if attribute in _LR_LISTS else entry)
-    return isinstance(scheduler, KNOWN_SCHEDULERS)
+            values.append(entry * (new.ratio or 0.0) if attribute in _LR_LISTS else entry)
