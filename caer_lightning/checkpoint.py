@@ -11,14 +11,16 @@ from lightning.fabric.utilities.cloud_io import _load as load_file
 
 from caer_lightning.activation import CAReLU
 from caer_lightning.callbacks.carelu import STATE_KIND
+from caer_lightning.callbacks.interplay import SwapRecord
 from caer_lightning.swap import swap_activations
 
 ModuleT = TypeVar("ModuleT", bound=pl.LightningModule)
 
 
 def recorded_swaps(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-    """The CAReLUCallback states stored in a loaded checkpoint, in callback order."""
-    states = checkpoint.get("callbacks", {}).values()
+    """The CAReLUCallback states stored in a loaded checkpoint, in callback order (a weights-only checkpoint
+    keeps them under its own key)."""
+    states = [*checkpoint.get("callbacks", {}).values(), *checkpoint.get(SwapRecord.KEY, [])]
     return [s for s in states if isinstance(s, dict) and s.get("kind") == STATE_KIND]
 
 

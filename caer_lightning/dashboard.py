@@ -50,9 +50,9 @@ def scalars(names: Sequence[str], statistics: Tensor, parameters: Tensor) -> dic
     return metrics
 
 
-def custom_scalars_layout(names: Sequence[str]) -> dict:
-    """TensorBoard custom-scalars layout: one chart per quantity, one line per layer."""
-    return {"CAReLU": {quantity: ["Multiline", [key(n, quantity) for n in names]] for quantity in QUANTITIES}}
+def custom_scalars_layout(names: Sequence[str], title: str = "CAReLU") -> dict:
+    """TensorBoard custom-scalars layout: a section `title`, one chart per quantity, one line per layer."""
+    return {title: {quantity: ["Multiline", [key(n, quantity) for n in names]] for quantity in QUANTITIES}}
 
 
 def write_histograms(writer, names: Sequence[str], statistics: Tensor, step: int) -> None:

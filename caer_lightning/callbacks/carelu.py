@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -29,10 +30,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
 from caer_lightning import dashboard
 from caer_lightning.activation import STATISTICS, CAReLU
+from caer_lightning.callbacks.interplay import (
+    HookAfter,
+    SwapRecord,
+    averaged_models,
+    context_parameters,
+    in_frozen_part,
+    install_spawn_recovery,
+)
 from caer_lightning.guards import check_finite, saturated_layers, saturation_message
-from caer_lightning.optim import GROUP_NAME, default_lr_scale, extend_scheduler, move_to_own_group
+from caer_lightning.optim import GROUP_NAME, NewGroup, default_lr_scale, extend_scheduler, find_group, keep_ratio, move_to_own_group
 from caer_lightning.swap import Patterns, Target, class_path, compile_patterns, resolve_targets, swap_activations
 
 STATE_KIND = "caer_lightning.CAReLUCallback"
@@ -51,6 +62,8 @@ class CAReLUCallback(Callback):
         lr_scale: multiplier used when ``lr`` is None. Default: 1.0 under Adam-like optimizers, 0.1 under
             SGD and other optimizers whose step grows with the gradient (README: "Stable by default").
         weight_decay: weight decay of the ``carelu`` group (0.0: decay pulls β, and so the scale, toward 0).
+        name: name of the optimizer group and of the dashboard section. Default ``carelu`` for the first
+            CAReLUCallback of the Trainer, ``carelu_1``, ``carelu_2``, ... for the next ones.
         log_every_n_steps: cadence of the per-layer statistics and of the guards that read them (only these
             steps are measured; with or without a logger); None uses the Trainer's; 0 turns them off.
         log_histograms: whether to log histograms of p per layer (TensorBoard, at epoch end).
@@ -75,6 +88,7 @@ class CAReLUCallback(Callback):
         weight_decay: float = 0.0,
         log_every_n_steps: int | None = None,
         log_histograms: bool = True,
+        name: str | None = None,
     ) -> None:
         self.targets = resolve_targets(targets)
         self.include, self.exclude = include, exclude
@@ -95,9 +109,16 @@ class CAReLUCallback(Callback):
                 f"log_every_n_steps={log_every_n_steps!r} is not supported; accepted values: None (the Trainer's), "
                 "0 (off) or an int >= 1"
             )
-        self.lr, self.lr_scale, self.weight_decay = lr, lr_scale, weight_decay
+        if name is not None and not (isinstance(name, str) and name):
+            raise ValueError(f"name={name!r} is not supported; accepted values: None or a non-empty string")
+        self.lr, self.lr_scale, self.weight_decay, self.name = lr, lr_scale, weight_decay, name
         self.log_every_n_steps, self.log_histograms = log_every_n_steps, log_histograms
         self.swapped: list[str] = []
+        self.group_name = name or GROUP_NAME  # resolved in setup, once the Trainer's callbacks are known
+        self._created: set[int] = set()  # ids of the CAReLU modules this callback created
+        self._claimed: set[int] = set()  # ids of the CAReLU modules this callback trains and logs
+        self._frozen: list[str] = []  # layers inside frozen parts: α, β frozen with them
+        self._groups: list[tuple[torch.optim.Optimizer, NewGroup]] = []
         self._call_counts: Counter[str] | None = None  # calls per CAReLU in the first training step
         self._probe_handles: list[RemovableHandle] = []
         self._modules: list[CAReLU] = []
@@ -106,12 +127,14 @@ class CAReLUCallback(Callback):
         self._history: list[Tensor] = []  # rank zero: per logged step, (layers, 2) mean p and mean s
         self._epoch_statistics: Tensor | None = None  # rank zero: summed statistics of the epoch's logged steps
         self._saturated: set[str] = set()  # layers already named in a saturation warning
+        install_spawn_recovery()
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            targets=[class_path(t) for t in self.targets], include=self.include, exclude=self.exclude
-        )
+        key = dict(targets=[class_path(t) for t in self.targets], include=self.include, exclude=self.exclude)
+        if self.name is not None:
+            key["name"] = self.name
+        return self._generate_state_key(**key)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -121,52 +144,155 @@ class CAReLUCallback(Callback):
             **self.activation_config,
         )
 
+    @property
+    def optimizer_config(self) -> dict[str, Any]:
+        """How α, β are optimized (recorded in checkpoints, compared on resume)."""
+        return dict(lr=self.lr, lr_scale=self.lr_scale, weight_decay=self.weight_decay)
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Swap before checkpoint weights are restored, DDP/FSDP wrap the model and optimizers are built."""
+        """Swap before checkpoint weights are restored, DDP/FSDP wrap the model and optimizers are built; again
+        after the module's `configure_model`, which runs after every callback's `setup`."""
+        self.group_name = self._resolve_group_name(trainer)
+        configure_model_pending = is_overridden("configure_model", pl_module)
+        self._swap(trainer, pl_module, final=not configure_model_pending)
+        if configure_model_pending:
+            after = functools.partial(self._after_configure_model, trainer, pl_module)
+            HookAfter.add(pl_module, "configure_model", self.state_key, after)
+        SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
+
+    def _after_configure_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        HookAfter.discard(pl_module, "configure_model", self.state_key)
+        self._swap(trainer, pl_module, final=True)
+        SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
+
+    def _swap(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
+        """Swap `pl_module` and the copies weight-averaging callbacks hold; claim this callback's layers."""
+        factory = self._new_carelu
         try:
             replaced = swap_activations(
-                pl_module, self.targets, include=self.include, exclude=self.exclude,
-                factory=lambda old: CAReLU(**self.activation_config),
+                pl_module, self.targets, include=self.include, exclude=self.exclude, factory=factory
             )
         except ValueError as error:
-            raise MisconfigurationException(f"CAReLUCallback: {error}") from None
-        keep = set(replaced) | set(self.swapped)  # empty when the model came already swapped: take them all
-        self.swapped = [n for n, m in pl_module.named_modules() if isinstance(m, CAReLU) and (n in keep or not keep)]
+            if final or "matched no module" not in str(error):
+                raise MisconfigurationException(f"CAReLUCallback: {error}") from None
+            replaced = []
+        for copy in averaged_models(trainer):  # taken in their setup, before this swap when listed first
+            try:
+                swap_activations(copy, self.targets, include=self.include, exclude=self.exclude, factory=factory)
+            except ValueError:
+                pass  # already swapped (taken after this callback's setup)
+        self._claim(trainer, pl_module)
+        if final and not self.swapped:
+            others = [n for n, m in pl_module.named_modules() if isinstance(m, CAReLU)]
+            raise MisconfigurationException(
+                f"CAReLUCallback(include={self.include!r}, exclude={self.exclude!r}) matched no module: every "
+                f"CAReLU of the model ({others}) belongs to another CAReLUCallback of this Trainer. Give each "
+                "callback include/exclude patterns that select different layers."
+            )
         if replaced:
             rank_zero_info(f"CAReLUCallback: swapped {len(replaced)} activations for CAReLU: {replaced}")
 
+    def _new_carelu(self, old: nn.Module) -> CAReLU:
+        module = CAReLU(**self.activation_config)
+        self._created.add(id(module))
+        return module
+
+    def _claim(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """This callback's layers: the CAReLUs it created, and CAReLUs already in the model (a model swapped
+        beforehand) that its include/exclude select and no other CAReLUCallback of the Trainer claims.
+
+        A layer it created inside a frozen part of the model starts frozen too (unless `include` asked for it
+        explicitly), so that fine-tuning callbacks unfreeze it with its block.
+        """
+        others: set[int] = set()
+        for callback in trainer.callbacks:
+            if isinstance(callback, CAReLUCallback) and callback is not self:
+                others |= callback._created | callback._claimed
+        included, excluded = compile_patterns("include", self.include), compile_patterns("exclude", self.exclude)
+        self.swapped = []
+        for name, module in pl_module.named_modules():
+            key = id(module)
+            if not isinstance(module, CAReLU) or key in others:
+                continue
+            selected = (not included or any(p.search(name) for p in included)) and not any(
+                p.search(name) for p in excluded
+            )
+            if key in self._created or key in self._claimed or selected:
+                fresh = key in self._created and key not in self._claimed
+                if fresh and self.include is None and in_frozen_part(pl_module, name):
+                    module.requires_grad_(False)
+                    self._frozen.append(name)
+                self._claimed.add(key)
+                self.swapped.append(name)
+
+    def _resolve_group_name(self, trainer: pl.Trainer) -> str:
+        """`name`, or carelu, carelu_1, ... by this callback's place among the Trainer's CAReLUCallbacks."""
+        callbacks = [c for c in trainer.callbacks if isinstance(c, CAReLUCallback)]
+        names = [c.name or (GROUP_NAME if i == 0 else f"{GROUP_NAME}_{i}") for i, c in enumerate(callbacks)]
+        index = next(i for i, c in enumerate(callbacks) if c is self)
+        name = names.pop(index)
+        if name in names:
+            raise MisconfigurationException(
+                f"CAReLUCallback(name={self.name!r}): another CAReLUCallback of this Trainer uses the group name "
+                f"{name!r}; accepted values: a name no other CAReLUCallback uses, or None"
+            )
+        return name
+
+    def _before_main_process_loads_weights(self, trainer: pl.Trainer) -> None:
+        """Spawn/fork strategies trained in workers: give the main process's model the same CAReLU layers
+        before Lightning loads the trained weights into it (see `interplay.install_spawn_recovery`)."""
+        self.group_name = self._resolve_group_name(trainer)
+        self._swap(trainer, trainer.lightning_module, final=True)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Move α, β into a ``carelu`` group of each optimizer that holds them and extend its schedulers."""
-        modules = [pl_module.get_submodule(name) for name in self.swapped]
-        params = [p for m in modules for p in (m.alpha, m.beta)]
+        """Move α, β into a group of the optimizer that trains their part of the model; extend its schedulers.
+
+        α, β stay out of every optimizer (and frozen) when their part of the model is held by none (e.g. a
+        frozen loss network), unless `include` selected them explicitly.
+        """
+        self._groups = []
         if not trainer.optimizers:
             rank_zero_warn("CAReLUCallback: the Trainer has no optimizer, so CAReLU's alpha and beta won't train")
             return
         by_optimizer: dict[int, list[nn.Parameter]] = {}
-        for param in params:
-            index = next(
-                (i for i, opt in enumerate(trainer.optimizers)
-                 if any(p is param for g in opt.param_groups for p in g["params"])),
-                0,  # held by no optimizer (e.g. LightningCLI built it before the swap): the first one
-            )
-            by_optimizer.setdefault(index, []).append(param)
-        for index, owned in by_optimizer.items():
+        unheld = []
+        for name in self.swapped:
+            module = pl_module.get_submodule(name)
+            index = _holder(trainer.optimizers, (module.alpha,))
+            if index is None:  # e.g. LightningCLI built the optimizer before the swap: follow the layer's part
+                index = _holder(trainer.optimizers, context_parameters(pl_module, name))
+            if index is None and self.include is None:
+                unheld.append(name)
+                module.requires_grad_(False)
+                continue
+            by_optimizer.setdefault(index or 0, []).extend((module.alpha, module.beta))
+        for index, owned in sorted(by_optimizer.items()):
             optimizer = trainer.optimizers[index]
             new = move_to_own_group(
-                optimizer, owned, lr=self.lr, lr_scale=self.lr_scale, weight_decay=self.weight_decay
+                optimizer, owned, name=self.group_name, lr=self.lr, lr_scale=self.lr_scale,
+                weight_decay=self.weight_decay,
             )
+            self._groups.append((optimizer, new))
+            keep_ratio(optimizer, self.group_name, new.ratio)
             rank_zero_info(
-                f"CAReLUCallback: alpha, beta of {len(owned) // 2} layers train in group '{GROUP_NAME}' of "
+                f"CAReLUCallback: alpha, beta of {len(owned) // 2} layers train in group '{self.group_name}' of "
                 f"{type(optimizer).__name__} at lr {optimizer.param_groups[new.index]['lr']:.4g} "
                 f"({self._lr_rule(optimizer)})"
             )
             for config in trainer.lr_scheduler_configs:
-                if config.scheduler.optimizer is optimizer and not extend_scheduler(config.scheduler, new):
-                    rank_zero_warn(
-                        f"CAReLUCallback: unknown LR scheduler {type(config.scheduler).__qualname__}; the 'carelu' "
-                        "group was appended to its per-group lists (base_lrs, ...) where present. Check that "
-                        "it schedules that group (LearningRateMonitor shows it as lr-<optimizer>/carelu)."
-                    )
+                if config.scheduler.optimizer is optimizer:
+                    extend_scheduler(config.scheduler, new)
+        if self._frozen:  # said once: the list only holds layers swapped since
+            rank_zero_info(
+                f"CAReLUCallback: {self._frozen} sit in frozen parts of the model: their alpha, beta are frozen "
+                "too and unfreeze with them (pass include=... to train them anyway)"
+            )
+            self._frozen = []
+        if unheld:
+            rank_zero_info(
+                f"CAReLUCallback: no optimizer holds the parts of the model around {unheld} (frozen or unused "
+                "sub-networks): their alpha, beta are frozen and not trained (pass include=... to train them)"
+            )
 
     def _lr_rule(self, optimizer: torch.optim.Optimizer) -> str:
         if self.lr is not None:
@@ -176,17 +302,42 @@ class CAReLUCallback(Callback):
         return f"lr_scale={default_lr_scale(optimizer):g}, the default for {type(optimizer).__name__}"
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resolve the logging cadence and write the TensorBoard custom-scalars layout once."""
+        """After a resume restored the optimizer: apply this run's lr and weight decay to the group. Resolve the
+        logging cadence and write the TensorBoard custom-scalars layout (every CAReLUCallback's section)."""
+        for optimizer, new in self._groups:
+            index = find_group(optimizer, self.group_name)
+            if index is not None:
+                optimizer.param_groups[index]["weight_decay"] = self.weight_decay
+            keep_ratio(optimizer, self.group_name, new.ratio)
         self._modules = [pl_module.get_submodule(name) for name in self.swapped]
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
         self._log_every = every if self._modules else 0  # the guards run on these steps even without a logger
         self._history, self._epoch_statistics, self._tracking_step = [], None, None
         if self._log_every and trainer.is_global_zero:
+            layout = {}
+            for callback in trainer.callbacks:
+                if isinstance(callback, CAReLUCallback) and callback.swapped:
+                    layout.update(dashboard.custom_scalars_layout(callback.swapped, callback.dashboard_title))
             for writer in _tensorboard_writers(trainer):
-                writer.add_custom_scalars(dashboard.custom_scalars_layout(self.swapped))
+                writer.add_custom_scalars(layout)
+
+    @property
+    def dashboard_title(self) -> str:
+        """This callback's section of the TensorBoard custom-scalars layout."""
+        return "CAReLU" if self.group_name == GROUP_NAME else f"CAReLU ({self.group_name})"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._keep_ratios()
+
+    def _keep_ratios(self) -> None:
+        """Hold each CAReLU group's lr at its ratio to its source group (schedulers stepped since)."""
+        for optimizer, new in self._groups:
+            keep_ratio(optimizer, self.group_name, new.ratio)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        """Measure statistics during logging steps only; probe call sites on the first batch."""
+        """Hold the lr ratio for this step; measure statistics during logging steps only; probe call sites on
+        the first batch."""
+        self._keep_ratios()
         if self._call_counts is None:
             self._start_call_probe(pl_module)
         if self._log_every and self._tracking_step is None and trainer.global_step % self._log_every == 0:
@@ -200,6 +351,7 @@ class CAReLUCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._keep_ratios()  # Lightning stepped the schedulers just before this hook
         if self._tracking_step is None or trainer.global_step == self._tracking_step:
             return  # not a logging step, or gradient accumulation: the optimizer has not stepped yet
         self._log_statistics(trainer, self._tracking_step)
@@ -217,8 +369,8 @@ class CAReLUCallback(Callback):
                 dashboard.write_histograms(writer, self.swapped, self._epoch_statistics, trainer.global_step)
             energy = dashboard.heatmap(history[..., 0], 0.0, 1.0, dashboard.SEQUENTIAL)
             scale = dashboard.heatmap(history[..., 1], -K, K, dashboard.DIVERGING)
-            writer.add_image("carelu/energy_ratio_map", energy, trainer.global_step)
-            writer.add_image("carelu/scale_map", scale, trainer.global_step)
+            writer.add_image(f"{self.group_name}/energy_ratio_map", energy, trainer.global_step)
+            writer.add_image(f"{self.group_name}/scale_map", scale, trainer.global_step)
         self._epoch_statistics = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -289,9 +441,21 @@ class CAReLUCallback(Callback):
             check_finite(self.swapped, parameters, trainer.global_step, "found when saving a checkpoint")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": STATE_KIND, "config": self.config, "swapped": list(self.swapped)}
+        return {
+            "kind": STATE_KIND, "config": self.config, "swapped": list(self.swapped),
+            "optimizer": self.optimizer_config,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("optimizer")
+        if recorded is not None and recorded != self.optimizer_config:
+            was = ", ".join(f"{k}={v}" for k, v in recorded.items())
+            now = ", ".join(f"{k}={v}" for k, v in self.optimizer_config.items())
+            rank_zero_warn(
+                f"CAReLUCallback: the checkpoint's '{self.group_name}' group was trained with {was}; this run "
+                f"uses {now}, which applies from the first resumed step (the optimizer state, momentum included, "
+                "is kept)"
+            )
         if state_dict.get("config") != self.config:
             rank_zero_warn(
                 f"CAReLUCallback: the checkpoint was made with {state_dict.get('config')}, this run uses "
@@ -301,6 +465,15 @@ class CAReLUCallback(Callback):
             rank_zero_warn(
                 f"CAReLUCallback: the checkpoint swapped {state_dict.get('swapped')}, this run swapped {self.swapped}"
             )
+
+
+def _holder(optimizers: Sequence[torch.optim.Optimizer], params: Sequence[nn.Parameter]) -> int | None:
+    """Index of the first optimizer holding any of `params`, or None."""
+    ids = {id(p) for p in params}
+    for index, optimizer in enumerate(optimizers):
+        if any(id(p) in ids for group in optimizer.param_groups for p in group["params"]):
+            return index
+    return None
 
 
 def _tensorboard_writers(trainer: pl.Trainer) -> list:

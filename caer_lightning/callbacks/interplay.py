@@ -1,0 +1,154 @@
+"""How CAReLUCallback meets the rest of Lightning where no callback hook is in the right place.
+
+- `averaged_models`: copies of the model that weight-averaging callbacks took in their own `setup` (the swap
+  must reach them too, whatever the callback order).
+- `HookAfter`: runs a function after one of the LightningModule's own hooks (`configure_model`, which comes
+  after every callback's `setup`; `on_save_checkpoint`, the only hook a weights-only checkpoint calls).
+- `install_spawn_recovery`: spawn/fork strategies train in worker processes and load the trained weights back
+  into the main process's model, which was never swapped; this re-does the swap there first.
+- `context_parameters`: the parameters an activation "belongs" to, to tell frozen and unused parts apart.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import StochasticWeightAveraging
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.optim.swa_utils import AveragedModel
+
+from caer_lightning.activation import CAReLU
+
+try:  # Lightning >= 2.5
+    from lightning.pytorch.callbacks import WeightAveraging
+except ImportError:  # pragma: no cover - older Lightning has no WeightAveraging
+    WeightAveraging = ()
+
+
+def averaged_models(trainer: pl.Trainer) -> Iterator[nn.Module]:
+    """The model copies held by StochasticWeightAveraging and WeightAveraging (EMA) callbacks."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, (StochasticWeightAveraging, WeightAveraging)):
+            copy = getattr(callback, "_average_model", None)
+            if isinstance(copy, AveragedModel):
+                copy = copy.module
+            if isinstance(copy, nn.Module):
+                yield copy
+
+
+# What runs after each wrapped hook: module → hook name → key → function. Kept outside the module so that
+# copies of it (deepcopy by weight averaging, pickling for spawned workers) carry no callback or Trainer.
+_AFTER: weakref.WeakKeyDictionary[nn.Module, dict[str, dict[str, Callable[..., None]]]] = weakref.WeakKeyDictionary()
+
+
+class HookAfter:
+    """Stands in for `module.<hook>` (an instance attribute): calls the module's own hook, then the functions
+    registered with `HookAfter.add` for this module object. `__wrapped__` lets Lightning's `is_overridden`
+    see the module's own code; a copy of the module runs its own hook only."""
+
+    def __init__(self, module: nn.Module, hook: str) -> None:
+        self.module, self.hook = module, hook
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        return getattr(type(self.module), self.hook).__get__(self.module)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__(*args, **kwargs)
+        for after in list(_AFTER.get(self.module, {}).get(self.hook, {}).values()):
+            after(*args, **kwargs)
+        return result
+
+    @staticmethod
+    def add(module: nn.Module, hook: str, key: str, after: Callable[..., None]) -> None:
+        """Run `after(*hook_args)` after `module.<hook>`; one function per key (adding again replaces it)."""
+        if not isinstance(module.__dict__.get(hook), HookAfter):
+            setattr(module, hook, HookAfter(module, hook))
+        _AFTER.setdefault(module, {}).setdefault(hook, {})[key] = after
+
+    @staticmethod
+    def discard(module: nn.Module, hook: str, key: str) -> None:
+        afters = _AFTER.get(module, {}).get(hook, {})
+        afters.pop(key, None)
+        if not afters and isinstance(module.__dict__.get(hook), HookAfter):
+            delattr(module, hook)
+
+
+class SwapRecord:
+    """Runs after `on_save_checkpoint`: writes the swaps into checkpoints that carry no callback states
+    (`ModelCheckpoint(save_weights_only=True)`), so `load_checkpoint` can rebuild the model from them."""
+
+    KEY = "caer_lightning_swaps"
+
+    def __init__(self) -> None:
+        self.swaps: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, checkpoint: dict[str, Any]) -> None:
+        if "callbacks" not in checkpoint:
+            checkpoint[self.KEY] = list(self.swaps.values())
+
+    @classmethod
+    def of(cls, module: nn.Module) -> SwapRecord:
+        """The module's record, run after its `on_save_checkpoint` from the first use on."""
+        record = _AFTER.get(module, {}).get("on_save_checkpoint", {}).get(cls.KEY)
+        if record is None:
+            record = cls()
+            HookAfter.add(module, "on_save_checkpoint", cls.KEY, record)
+        return record
+
+
+_NORMALIZATION = (_BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_SPAWN_HOOK = "_before_main_process_loads_weights"
+
+
+def install_spawn_recovery() -> None:
+    """Let callbacks that define `_before_main_process_loads_weights(trainer)` prepare the main process's model
+    before Lightning's spawn/fork launcher loads the worker's trained weights into it (non-strictly: without
+    this, keys the main model lacks, such as α and β, are dropped in silence)."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    original = _MultiProcessingLauncher._recover_results_in_main_process
+    if getattr(original, "_caer_lightning", False):
+        return
+
+    def recover(self: Any, worker_output: Any, trainer: pl.Trainer) -> None:
+        if worker_output.weights_path is not None:
+            for callback in trainer.callbacks:
+                prepare = getattr(callback, _SPAWN_HOOK, None)
+                if callable(prepare):
+                    prepare(trainer)
+        original(self, worker_output, trainer)
+
+    recover._caer_lightning = True
+    _MultiProcessingLauncher._recover_results_in_main_process = recover
+
+
+def _enclosing(model: nn.Module, name: str) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The smallest module enclosing `name` that has parameters besides CAReLU's own, and those parameters."""
+    path = name.split(".")
+    for depth in range(len(path) - 1, -1, -1):
+        owner = model.get_submodule(".".join(path[:depth]))
+        carelu = {id(p) for m in owner.modules() if isinstance(m, CAReLU) for p in m.parameters(recurse=False)}
+        params = [p for p in owner.parameters() if id(p) not in carelu]
+        if params:
+            return owner, params
+    return model, []
+
+
+def context_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
+    """The parameters of what the activation at `name` works for (its block, a backbone, a loss network)."""
+    return _enclosing(model, name)[1]
+
+
+def in_frozen_part(model: nn.Module, name: str) -> bool:
+    """Whether every parameter around the activation at `name` is frozen, normalization layers aside (a
+    frozen backbone commonly keeps those trainable: BaseFinetuning's `train_bn`)."""
+    owner, params = _enclosing(model, name)
+    norm = {id(p) for m in owner.modules() if isinstance(m, _NORMALIZATION) for p in m.parameters(recurse=False)}
+    weights = [p for p in params if id(p) not in norm] or params
+    return bool(weights) and not any(p.requires_grad for p in weights)
