@@ -6,7 +6,8 @@
   after every callback's `setup`; `on_save_checkpoint`, the only hook a weights-only checkpoint calls).
 - `install_spawn_recovery`: spawn/fork strategies train in worker processes and load the trained weights back
   into the main process's model, which was never swapped; this re-does the swap there first.
-- `context_parameters`: the parameters an activation "belongs" to, to tell frozen and unused parts apart.
+- `context_parameters`, `in_frozen_part`: the parameters an activation works for, to tell frozen parts and
+  parts no optimizer holds from the rest.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def install_spawn_recovery() -> None:
     this, keys the main model lacks, such as α and β, are dropped in silence)."""
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-    original = _MultiProcessingLauncher._recover_results_in_main_process
-    if getattr(original, "_caer_lightning", False):
-        return
+    original = getattr(_MultiProcessingLauncher, "_recover_results_in_main_process", None)
+    if original is None or getattr(original, "_caer_lightning", False):
+        return  # another Lightning version (tests/test_lightning_interplay.py would say so) or done already
 
     def recover(self: Any, worker_output: Any, trainer: pl.Trainer) -> None:
         if worker_output.weights_path is not None:
