@@ -148,9 +148,26 @@ class ReusedReLU(TinyNet):
         return self.head(x.mean((2, 3)))
 
 
-def test_module_called_at_two_sites_is_reported():
+def test_module_called_at_two_sites_gets_a_module_per_site():
+    model, callback = ReusedReLU(), CAReLUCallback()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ran more often")
+        fit(model, [callback])
+    assert callback.swapped == ["relu", "stem_act", "relu_1"]
+
+
+class UntraceableReusedReLU(ReusedReLU):
+    """The same, with data-dependent control flow: torch.fx cannot trace it, so its sites cannot be split."""
+
+    def forward(self, x):
+        if x.sum() > 1e9:
+            return self.head(x.mean((2, 3)))
+        return super().forward(x)
+
+
+def test_module_called_at_two_sites_is_reported_when_it_cannot_be_split():
     with pytest.warns(UserWarning, match=r"ran more often in the first step than the others \(1x\): \{'relu': 2\}"):
-        fit(ReusedReLU(), [CAReLUCallback()])
+        fit(UntraceableReusedReLU(), [CAReLUCallback()])
 
 
 class TwoViews(TinyNet):

@@ -428,9 +428,9 @@ class CAReLUCallback(Callback):
         if shared:
             rank_zero_warn(
                 f"CAReLUCallback: these activations ran more often in the first step than the others ({least}x): "
-                f"{shared}. Each is probably one module called at several places in forward (torchvision's ResNet "
-                "reuses `relu`), so those places share one alpha and beta. Give each place its own activation "
-                "module if they should learn separately."
+                f"{shared}. Each is probably one module called at several places that the swap could not tell "
+                "apart (a forward torch.fx cannot trace, or calls from different modules), so those places share "
+                "one alpha and beta. Give each place its own activation module if they should learn separately."
             )
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:

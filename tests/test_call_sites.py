@@ -1,0 +1,272 @@
+"""Every activation call site gets its own CAReLU: modules called at several places, functional calls in
+forward, function attributes. Real models (torchvision, nn.Transformer, Lightning's demo, Hugging Face)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos import Transformer
+from torch import nn
+
+from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint, swap_activations
+from helpers import NUM_CLASSES, loader, trainer
+
+
+def carelu_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, CAReLU)]
+
+
+def same_outputs_after_swap(model: nn.Module, x: torch.Tensor, **kwargs) -> list[str]:
+    """Swap a copy of `model`; its outputs must equal the original's exactly, in eval and in train mode."""
+    swapped = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "shared parameters" warning, no tracing warning
+        names = swap_activations(swapped, **kwargs)
+    for mode in (False, True):
+        model.train(mode), swapped.train(mode)
+        torch.manual_seed(0)
+        expected = model(x)
+        torch.manual_seed(0)
+        assert torch.equal(swapped(x), expected), f"outputs differ (train={mode})"
+    return names
+
+
+def test_torchvision_resnet18_every_call_site_has_its_own_module():
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    names = same_outputs_after_swap(model, torch.randn(2, 3, 32, 32))
+    blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert names == ["relu"] + [f"{b}.{site}" for b in blocks for site in ("relu", "relu_1")]
+    swapped = copy.deepcopy(model)
+    swap_activations(swapped)
+    modules = [swapped.get_submodule(n) for n in names]
+    assert len({id(m) for m in modules}) == 17 and all(isinstance(m, CAReLU) for m in modules)
+    assert swap_activations(swapped) == [], "idempotent"
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_torchvision_functional_relu(name):
+    """BasicConv2d.forward applies F.relu(x, inplace=True); there is no ReLU module at all."""
+    model = getattr(torchvision.models, name)(init_weights=True, aux_logits=False, num_classes=NUM_CLASSES)
+    size = 75 if name == "inception_v3" else 32
+    names = same_outputs_after_swap(model, torch.randn(2, 3, size, size))
+    convs = [n for n, m in model.named_modules() if type(m).__name__ == "BasicConv2d"]
+    assert names == [f"{n}.relu" for n in convs] and len(convs) > 50
+
+
+def test_torchvision_mobilenet_v2_relu6():
+    model = torchvision.models.mobilenet_v2(num_classes=NUM_CLASSES)
+    names = same_outputs_after_swap(model, torch.randn(2, 3, 32, 32), targets=(nn.ReLU6,))
+    assert len(names) == 35 == sum(isinstance(m, nn.ReLU6) for m in model.modules())
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_transformer_encoder_function_attribute(activation):
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation=activation, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    target = nn.ReLU if activation == "relu" else nn.GELU
+    swapped = copy.deepcopy(model)
+    names = swap_activations(swapped, target, factory=lambda old: CAReLU(reduction="token"))
+    assert names == ["layers.0.activation", "layers.1.activation"]
+    assert all(layer.activation_relu_or_gelu == 0 for layer in swapped.layers), "the fast path would skip CAReLU"
+    x = torch.randn(3, 5, 16)
+    for mode in (False, True):
+        model.train(mode), swapped.train(mode)
+        with torch.no_grad():  # eval + no_grad is where the fast path would run
+            if activation == "relu":
+                assert torch.equal(swapped(x), model(x))
+            else:  # GELU → CAReLU changes the function; every layer's CAReLU runs
+                calls = []
+                hooks = [swapped.get_submodule(n).register_forward_hook(lambda *a: calls.append(1)) for n in names]
+                swapped(x)
+                assert len(calls) == 2
+                for hook in hooks:
+                    hook.remove()
+
+
+class FunctionalCalls(nn.Module):
+    """Research-code style: torch.relu, Tensor.relu, and an in-place F.relu_ whose result is read from its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        y = self.b(x)
+        F.relu_(y)  # in place: the lines below read y
+        z = y * 2 - 0.1
+        return self.c(z.relu() - y)
+
+
+def test_functional_calls_in_forward_each_get_a_module():
+    model = FunctionalCalls()
+    names = same_outputs_after_swap(model, torch.randn(5, 4))
+    assert names == ["relu", "relu_1", "relu_2"]
+
+
+def test_include_exclude_apply_to_call_sites():
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    names = same_outputs_after_swap(model, torch.randn(2, 3, 32, 32), exclude=r"relu_1$")
+    assert names == ["relu"] + [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
+    swapped = copy.deepcopy(model)
+    swap_activations(swapped, exclude=r"relu_1$")
+    assert type(swapped.layer1[0].relu_1) is nn.ReLU, "the excluded site keeps its activation, in a module of its own"
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return F.relu(self.a(x))
+        return self.a(x)
+
+
+class ModeDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))
+        return x * 2 if self.training else x
+
+
+@pytest.mark.parametrize("module,reason", [
+    (DataDependent(), r"torch\.fx cannot trace that forward"),
+    (ModeDependent(), r"different things in train and eval mode"),
+])
+def test_a_call_site_that_cannot_be_rewritten_is_refused_clearly(module, reason):
+    # a ReLU module, and a module whose functional calls are rewritten before the refused one is reached
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), FunctionalConvNet(), module)
+    with pytest.raises(ValueError, match=rf"'3' \({type(module).__name__}\).*{reason}.*exclude"):
+        swap_activations(model)
+    assert carelu_names(model) == [], "a refused swap leaves the model as it was"
+    assert type(model[1]) is nn.ReLU and "forward" not in vars(model[2]) and not hasattr(model[2], "relu")
+
+
+class FunctionalModule(pl.LightningModule):
+    """A LightningModule around a network whose forward calls F.relu (no activation modules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = FunctionalConvNet()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+class FunctionalConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, NUM_CLASSES)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x)) + x
+        return self.head(x.mean((2, 3)))
+
+
+def test_callback_on_functional_model_trains_and_round_trips(tmp_path):
+    model = FunctionalModule()
+    callback = CAReLUCallback(lr_scale=1.0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ran more often")
+        trainer(callbacks=[callback, checkpoints], max_steps=3, enable_checkpointing=True).fit(model, loader())
+    assert callback.swapped == ["net.relu", "net.relu_1"]
+    assert model.net.relu.alpha.item() != 0.0 and model.net.relu_1.alpha.item() != 0.0
+    loaded = load_checkpoint(FunctionalModule, tmp_path / "last.ckpt")
+    assert carelu_names(loaded) == ["net.relu", "net.relu_1"]
+    x = next(iter(loader()))[0]
+    assert torch.equal(loaded.eval()(x), model.eval()(x))
+
+
+def test_rewritten_model_copies_pickles_and_compiles_fullgraph():
+    model = FunctionalConvNet()
+    swap_activations(model)
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    assert torch.equal(copy.deepcopy(model)(x), expected)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False)(x), expected)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(x), expected)
+    model.head = nn.Linear(8, NUM_CLASSES)  # the rewritten forward calls the module's current children
+    assert not torch.equal(model(x), expected)
+
+
+class DemoTransformer(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = Transformer(vocab_size=20, ninp=16, nhead=2, nhid=32, nlayers=1)
+
+    def training_step(self, batch, batch_idx):
+        tokens = batch[0]
+        output = self.model(tokens[:, :-1], tokens[:, 1:])
+        return F.nll_loss(output, tokens[:, 1:].reshape(-1))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def test_lightning_demo_transformer_trains_with_the_callback():
+    tokens = torch.randint(0, 20, (32, 9), generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens), batch_size=8)
+    model, callback = DemoTransformer(), CAReLUCallback(reduction="token")
+    trainer(callbacks=[callback], max_steps=3).fit(model, data)
+    assert callback.swapped == [
+        "model.transformer.encoder.layers.0.activation", "model.transformer.decoder.layers.0.activation",
+    ]
+    assert all(model.get_submodule(n).alpha.item() != 0.0 for n in callback.swapped)
+
+
+def test_hugging_face_bert_with_gelu_targets_trains():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2,
+    )
+
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = transformers.BertForSequenceClassification(config)
+
+        def training_step(self, batch, batch_idx):
+            ids, labels = batch
+            return self.bert(input_ids=ids, labels=labels).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    generator = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(0, 50, (16, 8), generator=generator), torch.randint(0, 2, (16,), generator=generator)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, labels), batch_size=8)
+    model = Classifier()
+    callback = CAReLUCallback(targets=("torch.nn.GELU",), reduction="token")
+    trainer(callbacks=[callback], max_steps=3).fit(model, data)
+    assert callback.swapped == [
+        f"bert.bert.encoder.layer.{i}.intermediate.intermediate_act_fn.act" for i in range(2)
+    ]
+    assert all(model.get_submodule(n).alpha.item() != 0.0 for n in callback.swapped)
