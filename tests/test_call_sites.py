@@ -270,3 +270,17 @@ def test_hugging_face_bert_with_gelu_targets_trains():
         f"bert.bert.encoder.layer.{i}.intermediate.intermediate_act_fn.act" for i in range(2)
     ]
     assert all(model.get_submodule(n).alpha.item() != 0.0 for n in callback.swapped)
+
+
+def test_ddp_spawn_with_rewritten_call_sites(tmp_path):
+    """Two gloo ranks train the traced call sites; the main process ends with the workers' α, β."""
+    from test_lightning_interplay import SaveRankZeroModel
+
+    model = FunctionalModule()
+    run = trainer(devices=2, strategy="ddp_spawn", max_steps=2,
+                  callbacks=[CAReLUCallback(lr_scale=1.0), SaveRankZeroModel(str(tmp_path / "worker.pt"))])
+    run.fit(model, loader())
+    worker = torch.load(tmp_path / "worker.pt")
+    assert carelu_names(model) == ["net.relu", "net.relu_1"]
+    assert worker["net.relu_1.alpha"].item() != 0.0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in worker.items())
