@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from caer_lightning.functional import carelu_with_statistics, competition
+from caer_lightning.functional import carelu_parts, competition
 from caer_lightning.ops.common import check_options
 
 # Σp, Σp², Σs, groups with s < 0, Σ|α·p + β| (how far tanh is into saturation), number of groups;
@@ -57,12 +57,12 @@ class CAReLU(nn.Module):
         self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
 
     def forward(self, z: Tensor) -> Tensor:
-        out, p, s = carelu_with_statistics(
+        out, p, tanh = carelu_parts(
             z, self.alpha, self.beta, K=self.K, variant=self.variant, reduction=self.reduction,
             eps=self.eps, impl=self.impl,
         )
         if self.training and self.track_statistics:
-            self._accumulate(p, s)
+            self._accumulate(p, self.K * tanh)
         return out
 
     @torch.no_grad()
@@ -74,8 +74,9 @@ class CAReLU(nn.Module):
         sums = torch.stack((p.sum(), p.square().sum(), s.sum(), (s < 0).sum(dtype=s.dtype), saturation.sum()))
         self._statistics[:5] += sums
         self._statistics[5] += p.numel()
-        bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)  # bincount: deterministic on CUDA
-        self._statistics[len(STATISTICS):] += torch.bincount(bins, minlength=HISTOGRAM_BINS)
+        bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
+        # index_add_ into fixed bins: no host sync (bincount reads its bounds back); counts add exactly
+        self._statistics[len(STATISTICS):].index_add_(0, bins, torch.ones_like(p, dtype=torch.float32))
 
     def pop_statistics(self) -> Tensor | None:
         """Totals since the last call, a float32 tensor on the device: `STATISTICS`, then the histogram of p

@@ -36,13 +36,23 @@ def carelu_with_statistics(
     impl: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Like `carelu`, but also returns the detached per-group p and s (float32/float64, size-1 dims kept)."""
+    out, p, tanh = carelu_parts(z, alpha, beta, K=K, variant=variant, reduction=reduction, eps=eps, impl=impl)
+    return out, p, K * tanh
+
+
+def carelu_parts(
+    z: Tensor, alpha: Tensor, beta: Tensor, *, K: float, variant: str, reduction: str, eps: float, impl: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(CAReLU(z), p, tanh(α·p + β)), the last two detached per group: what the op computes anyway, so that
+    a forward whose statistics nobody reads costs no extra operation."""
     check_options(variant, reduction, K, eps)
     dims = group_dims(z, reduction)
     impl = resolve_impl(impl, z, dims)
     if impl == "reference":
-        return carelu_reference(z, alpha, beta, float(K), variant, dims, float(eps))
+        out, p, s = carelu_reference(z, alpha, beta, float(K), variant, dims, float(eps))
+        return out, p, s / K
     out, p, tanh, _ = carelu_op(z, alpha, beta, float(K), variant, list(dims), float(eps), impl)
-    return out, p.detach(), (K * tanh).detach()
+    return out, p.detach(), tanh.detach()
 
 
 def carelu(
@@ -62,10 +72,7 @@ def carelu(
     contiguous or channels_last layout, eager ops otherwise), "eager", "triton" (CPU tensors only under
     TRITON_INTERPRET=1), or "reference" (autograd through plain ops, the test oracle).
     """
-    out, _, _ = carelu_with_statistics(
-        z, alpha, beta, K=K, variant=variant, reduction=reduction, eps=eps, impl=impl
-    )
-    return out
+    return carelu_parts(z, alpha, beta, K=K, variant=variant, reduction=reduction, eps=eps, impl=impl)[0]
 
 
 def competition(z: Tensor, *, variant: str = "energy", reduction: str = "sample", eps: float = 1e-6) -> Tensor:

@@ -57,8 +57,8 @@ def group_coefficient(
 def backward_eager(
     grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float,
     variant: str, dims: list[int],
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dL/dz, dL/dα, dL/dβ) from the saved input and per-group scalars."""
+) -> tuple[Tensor, Tensor]:
+    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector) from the saved input and per-group scalars."""
     acc = p.dtype
     s = K * tanh
     # g·m with m = [s·z > 0]: the side that won the competition, which ReLU(s·z) passes. (Products with a 0/1
@@ -71,4 +71,4 @@ def backward_eager(
         grad_z.addcmul_(torch.relu(z), c).addcmul_(z, -c * p)
     elif variant == "l1":  # c·([z>0] − p sign z)
         grad_z.addcmul_(z > 0, c).addcmul_(torch.sign(z), -c * p)
-    return grad_z.to(z.dtype), (du * p).sum(), du.sum()
+    return grad_z.to(z.dtype), torch.stack(((du * p).sum(), du.sum()))

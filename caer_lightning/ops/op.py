@@ -34,15 +34,14 @@ def _carelu_fake(z, alpha, beta, K, variant, dims, eps, impl):
 def carelu_backward_op(
     grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float, variant: str,
     dims: list[int], impl: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dL/dz, dL/dα, dL/dβ); dα, dβ in α's dtype."""
-    grad_z, grad_alpha, grad_beta = _BACKWARD[impl](grad, z, p, tanh, normaliser, alpha, K, variant, dims)
-    return grad_z, grad_alpha.to(alpha.dtype), grad_beta.to(alpha.dtype)
+) -> tuple[Tensor, Tensor]:
+    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector in the accumulation dtype)."""
+    return _BACKWARD[impl](grad, z, p, tanh, normaliser, alpha, K, variant, dims)
 
 
 @carelu_backward_op.register_fake
 def _carelu_backward_fake(grad, z, p, tanh, normaliser, alpha, K, variant, dims, impl):
-    return torch.empty_like(z), alpha.new_empty(()), alpha.new_empty(())
+    return torch.empty_like(z), p.new_empty(2)
 
 
 def _setup_context(ctx, inputs, output):
@@ -50,12 +49,16 @@ def _setup_context(ctx, inputs, output):
     _, p, tanh, normaliser = output
     ctx.save_for_backward(z, p, tanh, normaliser, alpha)
     ctx.config = (K, variant, dims, impl)
+    ctx.set_materialize_grads(False)  # p, tanh, normaliser get no gradient: autograd need not make zeros
 
 
 def _backward(ctx, grad_out, _grad_p, _grad_tanh, _grad_normaliser):
     z, p, tanh, normaliser, alpha = ctx.saved_tensors
     K, variant, dims, impl = ctx.config
-    grad_z, grad_alpha, grad_beta = carelu_backward_op(grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl)
+    if grad_out is None:
+        return None, None, None, None, None, None, None, None
+    grad_z, grad_alpha_beta = carelu_backward_op(grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl)
+    grad_alpha, grad_beta = grad_alpha_beta.to(alpha.dtype)
     return grad_z, grad_alpha, grad_beta, None, None, None, None, None
 
 
