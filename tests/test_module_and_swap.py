@@ -122,3 +122,30 @@ def test_new_module_lands_on_the_old_modules_device():
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU()).to(torch.float64).to("meta")
     swap_activations(model)
     assert model[1].alpha.device.type == "meta"
+
+
+class _FailOnSync(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on the ops that read a device value back to the host (a sync per call on CUDA)."""
+
+    SYNCING = {"bincount", "nonzero", "_local_scalar_dense", "item", "unique", "_unique", "_unique2",
+               "unique_consecutive", "masked_select", "repeat_interleave", "histc", "equal", "is_nonzero"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNCING:
+            raise AssertionError(f"{func} syncs with the host")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reduction", ["sample", "channel"])
+def test_tracked_forward_and_backward_never_sync(reduction):
+    act = CAReLU(reduction=reduction)
+    act.train()
+    act.track_statistics = True
+    z = torch.randn(4, 3, 5, 5, requires_grad=True)
+    with _FailOnSync():
+        act(z).sum().backward()
+        act(z).sum().backward()
+    statistics = act.pop_statistics()
+    p = act.competition(z.detach()).reshape(-1)
+    expected = torch.histc(p, bins=HISTOGRAM_BINS, min=0, max=1) * 2
+    assert torch.equal(statistics[len(STATISTICS):], expected), "the histogram counts each group once per call"

@@ -24,9 +24,19 @@ def test_triton_kernels_match_reference_under_interpreter():
     assert " passed" in done.stdout and " failed" not in done.stdout
 
 
-def test_triton_refuses_what_it_cannot_take_without_a_copy():
-    z = torch.randn(4, 6, 5, 5).transpose(2, 3)  # neither contiguous nor channels_last
-    with pytest.raises(ValueError, match=r"impl='triton' cannot take this input: (layout|triton)"):
-        carelu(z, torch.tensor(0.0), torch.tensor(0.5), reduction="channel", impl="triton")
-    with pytest.raises(ValueError, match=r"impl='triton' cannot take this input: .*float64"):
-        carelu(torch.randn(2, 3, 4, dtype=torch.float64), torch.tensor(0.0), torch.tensor(0.5), impl="triton")
+@pytest.mark.skipif(not AVAILABLE, reason="triton is not installed")
+def test_triton_on_cpu_without_the_interpreter_says_what_to_do():
+    with pytest.raises(ValueError, match=r"impl='triton' cannot take this input: a CPU tensor runs Triton kernels "
+                                         r"only under TRITON_INTERPRET=1.*use impl='auto' or impl='eager'"):
+        carelu(torch.randn(2, 3, 4), torch.tensor(0.0), torch.tensor(0.5), impl="triton")
+
+
+@pytest.mark.parametrize("dtype,capability,reason", [
+    (torch.bfloat16, (7, 5), r"bfloat16 needs 8\.0"), (torch.float16, (6, 1), r"Triton needs 7\.0"),
+])
+def test_gpus_too_old_for_a_kernel_are_named(dtype, capability, reason):
+    from caer_lightning.ops.triton import capability_reason
+
+    assert capability_reason(dtype, capability) is not None
+    assert __import__("re").search(reason, capability_reason(dtype, capability))
+    assert capability_reason(dtype, (8, 0)) is None and capability_reason(torch.float32, (7, 0)) is None

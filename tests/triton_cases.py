@@ -75,3 +75,138 @@ def test_gradient_with_another_layout_than_the_input():
     dz_fast = torch.autograd.grad(carelu_with_statistics(z, alpha, beta, reduction="channel", impl="triton")[0], z, grad)
     dz_ref = torch.autograd.grad(carelu_with_statistics(z, alpha, beta, reduction="channel", impl="reference")[0], z, grad)
     torch.testing.assert_close(dz_fast, dz_ref)
+
+
+def test_triton_refuses_what_it_cannot_take_without_a_copy():
+    z = torch.randn(4, 6, 5, 5).transpose(2, 3)  # neither contiguous nor channels_last
+    with pytest.raises(ValueError, match=r"impl='triton' cannot take this input: layout"):
+        carelu_with_statistics(z, torch.tensor(0.0), torch.tensor(0.5), reduction="channel", impl="triton")
+    with pytest.raises(ValueError, match=r"impl='triton' cannot take this input: .*float64"):
+        carelu_with_statistics(torch.randn(2, 3, 4, dtype=torch.float64), torch.tensor(0.0), torch.tensor(0.5),
+                               impl="triton")
+
+
+def _compare(z, reduction="sample", variant="energy", alpha=-1.2, beta=0.3):
+    """Triton against the reference, forward and backward, for one input."""
+    results = {}
+    weights = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    for impl in ("triton", "reference"):
+        zi = z.clone().requires_grad_()
+        a, b = torch.tensor(alpha, requires_grad=True), torch.tensor(beta, requires_grad=True)
+        out, p, s = carelu_with_statistics(zi, a, b, variant=variant, reduction=reduction, impl=impl)
+        (out.float() * weights).sum().backward()
+        results[impl] = (out, p, s, zi.grad, a.grad, b.grad)
+    for name, fast, ref in zip(("out", "p", "s", "dz", "dalpha", "dbeta"), *results.values()):
+        torch.testing.assert_close(fast, ref, msg=name, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape,reduction,layout", [
+    ((2, 16, 32, 32), "sample", "contiguous"),      # R = 16384: several splits forward and backward
+    ((3, 7, 33, 31), "sample", "channels_last"),    # odd sizes: R not a multiple of the block
+    ((2, 130, 5, 7), "channel", "channels_last"),   # C = 130 > one channel block of 64, not a power of two
+    ((2, 3, 67, 45), "channel", "contiguous"),      # per-channel groups of 3015 elements: splits per group
+    ((5, 3, 1000), "token", "contiguous"),
+])
+def test_splits_blocks_and_odd_sizes(shape, reduction, layout):
+    from caer_lightning.ops.triton_kernels import _launch_shape
+
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    z = z.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else z
+    dims = {"sample": 1, "channel": 2, "token": z.dim() - 1}[reduction]
+    if shape == (2, 16, 32, 32):
+        assert _launch_shape(group_layout(z, dims), reduce=True)[2] > 1, "must exercise several splits"
+    if shape == (2, 130, 5, 7):
+        assert group_layout(z, dims).B == 130
+    _compare(z, reduction)
+
+
+def _train(impl: str, steps: int = 3) -> list[torch.Tensor]:
+    from caer_lightning import CAReLU
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), CAReLU(), torch.nn.Conv2d(4, 2, 3), CAReLU(reduction="channel"))
+    for module in model:
+        if isinstance(module, CAReLU):
+            module.impl = impl
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("stage", ["forward", "backward"])
+def test_a_failing_kernel_warns_once_and_training_continues_eagerly(stage, monkeypatch):
+    from caer_lightning.ops import triton as triton_path
+    from caer_lightning.ops import triton_kernels
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated ptxas failure")
+
+    monkeypatch.setattr(triton_kernels, stage, broken)
+    monkeypatch.setattr(triton_path, "FAILED", set())
+    with pytest.warns(UserWarning, match=rf"Triton kernel failed in {stage}.*simulated ptxas failure") as caught:
+        trained = _train("triton")
+    assert sum("Triton kernel failed" in str(w.message) for w in caught) == 2  # one per input signature
+    for fast, eager in zip(trained, _train("eager")):
+        torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-6)
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops that compute (not views, not allocations) run outside kernel launches."""
+
+    FREE = {"empty", "empty_like", "empty_strided", "view", "_unsafe_view", "reshape", "select", "unbind", "detach",
+            "alias", "as_strided", "expand", "slice", "t", "unsqueeze", "squeeze", "lift_fresh"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self.launching = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.launching and name not in self.FREE:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_launches_and_ops_per_call(monkeypatch):
+    """≤ 3 device operations forward and ≤ 4 backward per CAReLU call (kernel launches + computing ops)."""
+    from caer_lightning.ops import triton_kernels
+    from caer_lightning.ops.triton import backward_triton, forward_triton
+
+    counter = _OpCounter()
+    launches = []
+
+    class Counted:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(self.kernel.__name__ if hasattr(self.kernel, "__name__") else str(self.kernel))
+                counter.launching = True
+                try:
+                    return self.kernel[grid](*args, **kwargs)
+                finally:
+                    counter.launching = False
+            return launch
+
+    for name in ("_reduce_forward", "_apply_forward", "_reduce_backward", "_apply_backward"):
+        monkeypatch.setattr(triton_kernels, name, Counted(getattr(triton_kernels, name)))
+    for shape, reduction, dims in (((4, 8, 16, 16), "sample", [1, 2, 3]), ((4, 8, 16, 16), "channel", [2, 3])):
+        z = torch.randn(shape)
+        alpha, beta = torch.tensor(0.3), torch.tensor(0.5)
+        launches.clear()
+        with counter:
+            out, p, tanh, normaliser = forward_triton(z, alpha, beta, 2.0, "energy", dims, 1e-6)
+        forward_ops = len(launches) + len(counter.ops)
+        assert forward_ops <= 3, (launches, counter.ops)
+        launches.clear()
+        counter.ops.clear()
+        with counter:
+            backward_triton(torch.randn(shape), z, p, tanh, normaliser, alpha, 2.0, "energy", dims)
+        assert len(launches) + len(counter.ops) <= 4, (launches, counter.ops)
+        counter.ops.clear()
