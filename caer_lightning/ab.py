@@ -243,29 +243,41 @@ def markdown(config: str, seeds: int, runs: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-    import matplotlib.ticker
+ARM_COLOURS = {"relu": "tab:blue", "carelu": "tab:orange"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colours = {"relu": "tab:blue", "carelu": "tab:orange"}
-    for r in runs:
-        if r["status"] == "ok" and r.get("val_acc"):
-            epochs = range(1, len(r["val_acc"]) + 1)
-            axes.plot(epochs, r["val_acc"], color=colours[r["arm"]], alpha=0.8, marker="o", markersize=3,
-                      label=r["arm"] if r["seed"] == min(x["seed"] for x in runs if x["arm"] == r["arm"]) else None)
-    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+def plot_figure(runs: list[dict]):
+    """Validation accuracy per epoch: each seed a thin line, each arm's mean over seeds a thick one, in the
+    arm's colour; integer epochs on the x axis."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    axes = figure.add_subplot()
+    epochs_seen = 1
+    for arm, colour in ARM_COLOURS.items():
+        curves = [r["val_acc"] for r in runs if r["arm"] == arm and r["status"] == "ok" and r.get("val_acc")]
+        for curve in curves:
+            axes.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.35, linewidth=0.8)
+        if curves:
+            length = min(len(c) for c in curves)
+            mean = [sum(c[e] for c in curves) / len(curves) for e in range(length)]
+            axes.plot(range(1, length + 1), mean, color=colour, linewidth=2.5, marker="o", markersize=4,
+                      label=f"{arm}: mean of {len(curves)} seeds")
+            epochs_seen = max(epochs_seen, max(len(c) for c in curves))
+    axes.set_xticks(range(1, epochs_seen + 1))
+    axes.set_xlim(0.5, epochs_seen + 0.5)
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
-    axes.set_title("ReLU vs CAReLU: validation accuracy (one line per seed)")
+    axes.set_title("ReLU vs CAReLU: validation accuracy (thin: one seed; thick: mean)")
     axes.grid(alpha=0.3)
-    axes.legend()
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    return figure
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    plot_figure(runs).savefig(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

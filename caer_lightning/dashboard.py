@@ -1,20 +1,21 @@
-"""From per-layer CAReLU statistics to logged scalars, a TensorBoard layout, histograms and heat maps."""
+"""From per-layer CAReLU statistics to logged scalars, a TensorBoard layout, histograms, labelled heat maps
+and a train-end summary table."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
-import torch.nn.functional as F
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from caer_lightning.activation import HISTOGRAM_BINS, STATISTICS, CAReLU
 
 QUANTITIES = ("energy_ratio", "scale", "neg_win", "saturation", "alpha", "beta")
 _COLUMN = {name: i for i, name in enumerate(STATISTICS)}
-# Colour anchors, low to high: a viridis-like ramp for p in [0, 1], blue-white-red for s in [-K, K].
-SEQUENTIAL = ((0.27, 0.00, 0.33), (0.23, 0.32, 0.55), (0.13, 0.57, 0.55), (0.37, 0.79, 0.38), (0.99, 0.91, 0.14))
-DIVERGING = ((0.02, 0.19, 0.38), (0.26, 0.58, 0.76), (0.97, 0.97, 0.97), (0.84, 0.38, 0.30), (0.40, 0.00, 0.12))
 
 
 def key(name: str, quantity: str) -> str:
@@ -70,22 +71,46 @@ def write_histograms(writer, names: Sequence[str], statistics: Tensor, step: int
         )
 
 
-def colorize(values: Tensor, anchors: Sequence[tuple[float, float, float]]) -> Tensor:
-    """Map values in [0, 1] (any shape) to RGB by linear interpolation between colour anchors: (3, *shape)."""
-    palette = torch.tensor(anchors, dtype=torch.float32)
-    position = values.float().clamp(0, 1).nan_to_num(0.0) * (len(anchors) - 1)
-    low = position.floor().long().clamp(max=len(anchors) - 2)
-    weight = (position - low).unsqueeze(-1)
-    rgb = palette[low] * (1 - weight) + palette[low + 1] * weight
-    return rgb.movedim(-1, 0)
+def heatmap_figure(
+    values: Tensor, steps: Sequence[int], names: Sequence[str], *, title: str, label: str, low: float, high: float,
+    diverging: bool = False,
+) -> Figure:
+    """A labelled layers × logged-steps heat map of a (steps, layers) history: one row per layer, named on the y
+    axis (model order, input side on top), the logged step on the x axis, and a colour bar with values. A
+    diverging map is centred on 0, so a layer whose value changes sign stands out."""
+    rows = values.T.float().numpy()  # layers × steps
+    layers = len(names)
+    height = min(2.0 + 0.16 * layers, 30.0)
+    figure = Figure(figsize=(8.0, height), dpi=100)
+    axes = figure.add_subplot()
+    cmap = "RdBu_r" if diverging else "viridis"
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high) if diverging else Normalize(vmin=low, vmax=high)
+    image = axes.imshow(rows, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
+    # label every row while they fit (font ≥ 5 pt); beyond that every k-th row, so labels never overlap
+    row_points = (height * 72 * 0.8) / max(layers, 1)
+    fontsize = max(5.0, min(9.0, row_points * 0.8))
+    every = max(1, math.ceil(fontsize / (row_points * 0.9)))
+    ticks = list(range(0, layers, every))
+    axes.set_yticks(ticks, [names[i] for i in ticks], fontsize=fontsize)
+    columns = list(range(len(steps)))
+    shown = columns[:: max(1, math.ceil(len(columns) / 10))]
+    axes.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=8)
+    axes.set_xlabel("training step")
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, label=label)
+    figure.tight_layout()
+    return figure
 
 
-def heatmap(history: Tensor, low: float, high: float, anchors, row_pixels: int = 8, max_columns: int = 512) -> Tensor:
-    """A (3, H, W) image of a (steps, layers) history: one band per layer (model order, top to bottom),
-    time left to right, colour from `low` to `high`."""
-    grid = history.T.float()  # layers × steps
-    if grid.shape[1] > max_columns:
-        grid = F.adaptive_avg_pool1d(grid.unsqueeze(0), max_columns).squeeze(0)
-    width = max(1, -(-256 // grid.shape[1]))  # at least ~256 px wide
-    grid = grid.repeat_interleave(row_pixels, 0).repeat_interleave(width, 1)
-    return colorize((grid - low) / (high - low), anchors)
+SUMMARY_COLUMNS = ("energy_ratio", "scale", "neg_win", "alpha", "beta")
+
+
+def summary_table(names: Sequence[str], final: dict[str, float], flags: dict[str, str]) -> str:
+    """A Markdown table, one row per layer: the final logged energy ratio, scale, neg-win share, α, β, and what
+    happened during the run (flipped sign, saturated)."""
+    lines = ["| layer | energy ratio | scale | neg-win | α | β | flags |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        cells = [final.get(key(name, q)) for q in SUMMARY_COLUMNS]
+        shown = ["–" if v is None else f"{v:.4g}" for v in cells]
+        lines.append(f"| {name} | " + " | ".join(shown) + f" | {flags.get(name, '')} |")
+    return "\n".join(lines)

@@ -98,3 +98,21 @@ def test_a_failing_arm_is_reported(tmp_path):
     assert results["summary"]["failed"][0]["arm"] == "carelu" and results["summary"]["paired_seeds"] == []
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| 0 | carelu | **failed**" in report
+
+
+def test_plot_integer_epochs_thin_seeds_thick_means():
+    from caer_lightning.ab import ARM_COLOURS, plot_figure
+
+    runs = [dict(seed=s, arm=a, status="ok", val_acc=[v + s * 0.01]) for s in range(3)
+            for a, v in (("relu", 0.5), ("carelu", 0.6))]
+    axes = plot_figure(runs).axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["1"]  # one epoch: no fractional ticks
+    lines = axes.get_lines()
+    thick = [l for l in lines if l.get_linewidth() > 2]
+    thin = [l for l in lines if l.get_linewidth() < 1]
+    assert len(thin) == 6 and len(thick) == 2
+    for line, arm in zip(thick, ARM_COLOURS):
+        assert line.get_color() == ARM_COLOURS[arm]
+        expected = (0.5 if arm == "relu" else 0.6) + 0.01
+        assert list(line.get_ydata()) == [pytest.approx(expected)]  # the mean of seeds 0, 1, 2
+    assert ARM_COLOURS["relu"] != ARM_COLOURS["carelu"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import io
 
 import pytest
@@ -12,8 +14,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from caer_lightning import CAReLU, CAReLUCallback
-from caer_lightning.dashboard import QUANTITIES, SEQUENTIAL, colorize, heatmap
+from caer_lightning import CAReLU, CAReLUCallback, swap_activations
+from caer_lightning import dashboard
+from caer_lightning.dashboard import QUANTITIES
+from caer_lightning.functional import competition
 from helpers import TinyNet, loader, trainer
 
 LAYERS = ["net.2", "net.5"]
@@ -74,14 +78,104 @@ def test_histograms_of_p_per_layer(tensorboard_run):
         assert 0 <= value.min <= value.sum / value.num <= value.max <= 1
 
 
-def test_heatmap_images(tensorboard_run):
+def test_heat_maps_are_figures_logged_at_epoch_ends(tensorboard_run):
     _, events = tensorboard_run
-    for tag in ("carelu/energy_ratio_map", "carelu/scale_map"):
+    for tag in ("carelu/energy_ratio_map", "carelu/scale_map", "carelu/saturation_map"):
         images = events.Images(tag)
-        assert [i.step for i in images] == [4, 8, 9]
+        assert [i.step for i in images] == [4, 8, 9]  # epoch ends only, never a training step
         last = Image.open(io.BytesIO(images[-1].encoded_image_string))
-        assert last.size[1] == 8 * len(LAYERS) and last.size[0] >= 256
-        assert len(set(last.getdata())) > 1, f"{tag} is a single colour"
+        assert last.size[0] >= 600 and len(set(last.getdata())) > 10, f"{tag} is not a drawn figure"
+
+
+def test_train_end_summary_has_one_row_per_layer(tensorboard_run):
+    model, events = tensorboard_run
+    (text,) = events.Tensors("carelu/summary/text_summary")
+    table = text.tensor_proto.string_val[0].decode()
+    rows = [line for line in table.splitlines() if line.startswith("| net.")]
+    assert [row.split("|")[1].strip() for row in rows] == LAYERS
+    for row, layer in zip(rows, LAYERS):
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        module = model.get_submodule(layer)
+        assert float(cells[3]) == pytest.approx(module.alpha.item(), rel=1e-3)  # α, β at the end of training
+        assert float(cells[4]) == pytest.approx(module.beta.item(), rel=1e-3)
+        assert cells[5] == "flipped sign"  # α = −2, β = 0.3: negatives win in some groups, nothing saturates
+    final_scale = events.Scalars("carelu/net.2/scale")[-1].value
+    assert float(rows[0].split("|")[3]) == pytest.approx(final_scale, rel=1e-3)
+
+
+def test_logged_scale_and_energy_ratio_equal_values_recomputed_from_the_batch(tmp_path):
+    """Step 0: the logged means are recomputed from the first batch's inputs to each layer and α, β at init."""
+    model = TinyNet()
+    initial = copy.deepcopy(model)
+    logger = CSVLogger(tmp_path, name="run")
+    callback = CAReLUCallback(alpha_init=-2.0, beta_init=0.3, log_every_n_steps=EVERY)
+    trainer(logger=logger, callbacks=[callback], max_steps=1).fit(model, loader())
+    swap_activations(initial, factory=lambda old: CAReLU(alpha_init=-2.0, beta_init=0.3))  # net.5 sees net.2's CAReLU
+    inputs = {}
+    def keep_input(module, args, output, index):
+        inputs.setdefault(index, args[0])  # returns None: the output is left alone
+
+    hooks = [initial.net[i].register_forward_hook(functools.partial(keep_input, index=i)) for i in (2, 5)]
+    initial.train()
+    with torch.no_grad():
+        initial(next(iter(loader()))[0])
+    for hook in hooks:
+        hook.remove()
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["carelu/net.2/scale"])
+    for index, layer in zip((2, 5), LAYERS):
+        p = competition(inputs[index])
+        scale = 2.0 * torch.tanh(-2.0 * p + 0.3)
+        assert float(row[f"carelu/{layer}/energy_ratio"]) == pytest.approx(p.mean().item(), rel=1e-5), layer
+        assert float(row[f"carelu/{layer}/scale"]) == pytest.approx(scale.mean().item(), rel=1e-5)
+        assert float(row[f"carelu/{layer}/neg_win"]) == pytest.approx((scale < 0).float().mean().item())
+        assert float(row[f"carelu/{layer}/saturation"]) == pytest.approx((-2.0 * p + 0.3).abs().mean().item(), rel=1e-5)
+
+
+def test_heatmap_figure_reads_as_labelled():
+    names = ["stem.act", "block1.act", "block2.act"]
+    history = torch.tensor([[0.1, -1.5, 0.9], [0.2, -1.0, 1.1], [0.3, 0.5, 1.3], [0.4, 1.0, 1.5]])  # steps × layers
+    figure = dashboard.heatmap_figure(history, [0, 50, 100, 150], names, title="scale", label="s", low=-2.0,
+                                      high=2.0, diverging=True)
+    axes, colourbar = figure.axes
+    assert [t.get_text() for t in axes.get_yticklabels()] == names  # model order, input side on top
+    image = axes.get_images()[0]
+    assert image.get_array().tolist() == history.T.tolist()  # row i is layer i, column j is logged step j
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "50", "100", "150"]
+    assert colourbar.get_ylim() == pytest.approx((-2.0, 2.0))
+    assert image.norm(0.0) == pytest.approx(0.5) and image.norm(-2.0) == 0.0 and image.norm(2.0) == 1.0
+    sequential = dashboard.heatmap_figure(history.abs(), [0, 1, 2, 3], names, title="p", label="p", low=0.0, high=1.0)
+    assert sequential.axes[0].get_images()[0].norm(0.5) == pytest.approx(0.5)
+    assert sequential.axes[1].get_ylim() == pytest.approx((0.0, 1.0))
+
+
+@pytest.mark.parametrize("layers", [17, 120])
+def test_heatmap_labels_never_overlap(layers):
+    names = [f"layer{i}.act" for i in range(layers)]
+    figure = dashboard.heatmap_figure(torch.rand(5, layers), list(range(5)), names, title="p", label="p",
+                                      low=0.0, high=1.0)
+    axes = figure.axes[0]
+    figure.canvas.draw()
+    labels = [t for t in axes.get_yticklabels() if t.get_text()]
+    boxes = [t.get_window_extent() for t in labels]
+    assert all(a.y1 <= b.y0 + 0.5 or b.y1 <= a.y0 + 0.5 for a, b in zip(boxes, boxes[1:]))
+    assert labels[0].get_text() == "layer0.act" and (layers > 40 or len(labels) == layers)
+
+
+def test_trainer_cadence_is_used_and_zero_turns_logging_off(tmp_path):
+    logger = CSVLogger(tmp_path, name="every3")
+    trainer(logger=logger, callbacks=[CAReLUCallback()], max_steps=7, max_epochs=5, log_every_n_steps=3).fit(
+        TinyNet(), loader()
+    )
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows if r.get("carelu/net.2/scale")] == [0, 3, 6]
+    logger = CSVLogger(tmp_path, name="off")
+    trainer(logger=logger, callbacks=[CAReLUCallback(log_every_n_steps=0)], max_steps=7, max_epochs=5,
+            log_every_n_steps=3).fit(TinyNet(), loader())
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        header = handle.readline()
+    assert "carelu/" not in header
 
 
 def test_histograms_can_be_turned_off(tmp_path):
@@ -109,12 +203,3 @@ def test_logging_off_measures_nothing(tmp_path):
     trainer(logger=CSVLogger(tmp_path), callbacks=[callback], max_steps=3).fit(model, loader())
     assert not any(m.track_statistics or m.pop_statistics() is not None
                    for m in model.modules() if isinstance(m, CAReLU))
-
-
-def test_colorize_and_heatmap_shapes():
-    values = torch.tensor([[0.0, 1.0]])
-    rgb = colorize(values, SEQUENTIAL)
-    assert rgb.shape == (3, 1, 2)
-    assert torch.allclose(rgb[:, 0, 0], torch.tensor(SEQUENTIAL[0])) and torch.allclose(rgb[:, 0, 1], torch.tensor(SEQUENTIAL[-1]))
-    image = heatmap(torch.rand(1000, 3), 0.0, 1.0, SEQUENTIAL)
-    assert image.shape == (3, 24, 512) and 0 <= image.min() and image.max() <= 1

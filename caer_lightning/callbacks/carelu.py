@@ -42,7 +42,7 @@ from caer_lightning.callbacks.interplay import (
     in_frozen_part,
     install_spawn_recovery,
 )
-from caer_lightning.guards import check_finite, saturated_layers, saturation_message
+from caer_lightning.guards import SATURATION_LIMIT, check_finite, saturated_layers, saturation_message
 from caer_lightning.optim import GROUP_NAME, NewGroup, default_lr_scale, extend_scheduler, find_group, keep_ratio, move_to_own_group
 from caer_lightning.swap import Patterns, Target, class_path, compile_patterns, resolve_targets, swap_activations
 
@@ -124,7 +124,9 @@ class CAReLUCallback(Callback):
         self._modules: list[CAReLU] = []
         self._log_every = 0  # resolved cadence; 0: no statistics
         self._tracking_step: int | None = None  # global step whose statistics are being measured
-        self._history: list[Tensor] = []  # rank zero: per logged step, (layers, 2) mean p and mean s
+        self._history: list[Tensor] = []  # rank zero: per logged step, (layers, 3) mean p, s and saturation
+        self._history_steps: list[int] = []  # rank zero: the logged steps of `_history`
+        self._final_metrics: dict[str, float] = {}  # rank zero: the last logged value of every key
         self._epoch_statistics: Tensor | None = None  # rank zero: summed statistics of the epoch's logged steps
         self._saturated: set[str] = set()  # layers already named in a saturation warning
         install_spawn_recovery()
@@ -312,7 +314,8 @@ class CAReLUCallback(Callback):
         self._modules = [pl_module.get_submodule(name) for name in self.swapped]
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
         self._log_every = every if self._modules else 0  # the guards run on these steps even without a logger
-        self._history, self._epoch_statistics, self._tracking_step = [], None, None
+        self._history, self._history_steps, self._final_metrics = [], [], {}
+        self._epoch_statistics, self._tracking_step = None, None
         if self._log_every and trainer.is_global_zero:
             layout = {}
             for callback in trainer.callbacks:
@@ -359,23 +362,51 @@ class CAReLUCallback(Callback):
         self._tracking_step = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """TensorBoard: histograms of p per layer and the layers × steps heat maps."""
+        """TensorBoard: histograms of p per layer, and labelled layers × steps heat maps of the energy ratio,
+        the scale and the saturation (drawn here, once an epoch, never on a training step)."""
         if not (self._log_every and trainer.is_global_zero and self._history):
             return
-        history = torch.stack(self._history)  # logged steps × layers × (mean p, mean s)
+        writers = _tensorboard_writers(trainer)
+        history = torch.stack(self._history)  # logged steps × layers × (mean p, mean s, mean saturation)
         K = max(m.K for m in self._modules)
-        for writer in _tensorboard_writers(trainer):
+        maps = (
+            ("energy_ratio_map", "energy ratio p (share of the energy carried by positives)", "p", 0, 0.0, 1.0, False),
+            ("scale_map", "scale s = K·tanh(α·p + β); blue: negatives won", "s", 1, -K, K, True),
+            ("saturation_map", f"saturation |α·p + β| (above {SATURATION_LIMIT:g}: stuck)", "|α·p + β|", 2, 0.0,
+             max(SATURATION_LIMIT * 1.5, float(history[..., 2].nan_to_num(0).max())), False),
+        )
+        for writer in writers:
             if self.log_histograms and self._epoch_statistics is not None:
                 dashboard.write_histograms(writer, self.swapped, self._epoch_statistics, trainer.global_step)
-            energy = dashboard.heatmap(history[..., 0], 0.0, 1.0, dashboard.SEQUENTIAL)
-            scale = dashboard.heatmap(history[..., 1], -K, K, dashboard.DIVERGING)
-            writer.add_image(f"{self.group_name}/energy_ratio_map", energy, trainer.global_step)
-            writer.add_image(f"{self.group_name}/scale_map", scale, trainer.global_step)
+            for tag, title, label, column, low, high, diverging in maps:
+                figure = dashboard.heatmap_figure(
+                    history[..., column], self._history_steps, self.swapped, title=title, label=label, low=low,
+                    high=high, diverging=diverging,
+                )
+                writer.add_figure(f"{self.group_name}/{tag}", figure, trainer.global_step)
         self._epoch_statistics = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The per-layer summary: a Markdown table in TensorBoard's Text tab and in the console."""
         self._set_tracking(False)
         self._tracking_step = None
+        if not (self._log_every and trainer.is_global_zero and self._history):
+            return
+        history = torch.stack(self._history)
+        final = dict(self._final_metrics)
+        for name, (alpha, beta) in zip(self.swapped, dashboard.parameters(self._modules).tolist()):
+            final[dashboard.key(name, "alpha")], final[dashboard.key(name, "beta")] = alpha, beta
+        flags = {}
+        for index, name in enumerate(self.swapped):
+            scale, saturation = history[:, index, 1].nan_to_num(0.0), history[:, index, 2].nan_to_num(0.0)
+            happened = (["flipped sign"] if bool((scale < 0).any()) else []) + (
+                ["saturated"] if bool((saturation > SATURATION_LIMIT).any()) else []
+            )
+            flags[name] = ", ".join(happened)
+        table = dashboard.summary_table(self.swapped, final, flags)
+        rank_zero_info(f"CAReLUCallback: per-layer summary at step {trainer.global_step} ({self.group_name})\n{table}")
+        for writer in _tensorboard_writers(trainer):
+            writer.add_text(f"{self.group_name}/summary", table, trainer.global_step)
 
     def _set_tracking(self, on: bool) -> None:
         for module in self._modules:
@@ -398,8 +429,10 @@ class CAReLUCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         groups = statistics[:, STATISTICS.index("groups")]
-        means = statistics[:, [STATISTICS.index("sum_p"), STATISTICS.index("sum_s")]] / groups.unsqueeze(1)
-        self._history.append(means)  # NaN for a layer that did not run: drawn in the lowest colour
+        columns = [STATISTICS.index(c) for c in ("sum_p", "sum_s", "sum_saturation")]
+        self._history.append(statistics[:, columns] / groups.unsqueeze(1))  # NaN for a layer that did not run
+        self._history_steps.append(step)
+        self._final_metrics.update(metrics)
         self._epoch_statistics = statistics if self._epoch_statistics is None else self._epoch_statistics + statistics
 
     def _warn_saturated(self, metrics: dict[str, float], step: int) -> None:
