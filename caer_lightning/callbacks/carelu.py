@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,9 @@ from caer_lightning.optim import GROUP_NAME, NewGroup, default_lr_scale, extend_
 from caer_lightning.swap import Patterns, Target, class_path, compile_patterns, resolve_targets, swap_activations
 
 STATE_KIND = "caer_lightning.CAReLUCallback"
+# The heat maps take a fraction of a second to draw; they are drawn at most as often as keeps them under this
+# share of the training time (and always at the end of training).
+FIGURE_BUDGET = 0.01
 
 
 class CAReLUCallback(Callback):
@@ -127,6 +131,7 @@ class CAReLUCallback(Callback):
         self._history: list[Tensor] = []  # rank zero: per logged step, (layers, 3) mean p, s and saturation
         self._history_steps: list[int] = []  # rank zero: the logged steps of `_history`
         self._final_metrics: dict[str, float] = {}  # rank zero: the last logged value of every key
+        self._maps_drawn_at, self._maps_seconds, self._maps_step = 0.0, 0.0, None  # when, how long, at which step
         self._epoch_statistics: Tensor | None = None  # rank zero: summed statistics of the epoch's logged steps
         self._saturated: set[str] = set()  # layers already named in a saturation warning
         install_spawn_recovery()
@@ -316,6 +321,7 @@ class CAReLUCallback(Callback):
         self._log_every = every if self._modules else 0  # the guards run on these steps even without a logger
         self._history, self._history_steps, self._final_metrics = [], [], {}
         self._epoch_statistics, self._tracking_step = None, None
+        self._maps_drawn_at, self._maps_seconds, self._maps_step = time.perf_counter(), 0.0, None
         if self._log_every and trainer.is_global_zero:
             layout = {}
             for callback in trainer.callbacks:
@@ -362,36 +368,52 @@ class CAReLUCallback(Callback):
         self._tracking_step = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """TensorBoard: histograms of p per layer, and labelled layers × steps heat maps of the energy ratio,
-        the scale and the saturation (drawn here, once an epoch, never on a training step)."""
+        """TensorBoard: histograms of p per layer each epoch; the heat maps when they are due (see `_draw_maps`)."""
         if not (self._log_every and trainer.is_global_zero and self._history):
             return
+        for writer in _tensorboard_writers(trainer):
+            if self.log_histograms and self._epoch_statistics is not None:
+                dashboard.write_histograms(writer, self.swapped, self._epoch_statistics, trainer.global_step)
+        self._epoch_statistics = None
+        if time.perf_counter() - self._maps_drawn_at >= self._maps_seconds / FIGURE_BUDGET:
+            self._draw_maps(trainer)
+
+    def _draw_maps(self, trainer: pl.Trainer) -> None:
+        """Labelled layers × steps heat maps of the energy ratio, the scale and the saturation. Drawn at an epoch
+        end (never on a training step), at most as often as keeps their drawing under FIGURE_BUDGET of the
+        training time, and at the end of training."""
         writers = _tensorboard_writers(trainer)
+        if not writers or trainer.global_step == self._maps_step:
+            return
+        started = time.perf_counter()
         history = torch.stack(self._history)  # logged steps × layers × (mean p, mean s, mean saturation)
         K = max(m.K for m in self._modules)
+        top = max(SATURATION_LIMIT * 1.5, float(history[..., 2].nan_to_num(0).max()))
         maps = (
             ("energy_ratio_map", "energy ratio p (share of the energy carried by positives)", "p", 0, 0.0, 1.0, False),
             ("scale_map", "scale s = K·tanh(α·p + β); blue: negatives won", "s", 1, -K, K, True),
-            ("saturation_map", f"saturation |α·p + β| (above {SATURATION_LIMIT:g}: stuck)", "|α·p + β|", 2, 0.0,
-             max(SATURATION_LIMIT * 1.5, float(history[..., 2].nan_to_num(0).max())), False),
+            ("saturation_map", f"saturation |α·p + β| (above {SATURATION_LIMIT:g}: stuck)", "|α·p + β|", 2, 0.0, top,
+             False),
         )
-        for writer in writers:
-            if self.log_histograms and self._epoch_statistics is not None:
-                dashboard.write_histograms(writer, self.swapped, self._epoch_statistics, trainer.global_step)
-            for tag, title, label, column, low, high, diverging in maps:
-                figure = dashboard.heatmap_figure(
-                    history[..., column], self._history_steps, self.swapped, title=title, label=label, low=low,
-                    high=high, diverging=diverging,
-                )
-                writer.add_figure(f"{self.group_name}/{tag}", figure, trainer.global_step)
-        self._epoch_statistics = None
+        for tag, title, label, column, low, high, diverging in maps:
+            figure = dashboard.heatmap_figure(
+                history[..., column], self._history_steps, self.swapped, title=title, label=label, low=low,
+                high=high, diverging=diverging,
+            )
+            for writer in writers:
+                writer.add_figure(f"{self.group_name}/{tag}", figure, trainer.global_step, close=False)
+        self._maps_step = trainer.global_step
+        self._maps_drawn_at = time.perf_counter()
+        self._maps_seconds = self._maps_drawn_at - started
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The per-layer summary: a Markdown table in TensorBoard's Text tab and in the console."""
+        """The heat maps as they end, and the per-layer summary: a Markdown table in TensorBoard's Text tab and
+        in the console."""
         self._set_tracking(False)
         self._tracking_step = None
         if not (self._log_every and trainer.is_global_zero and self._history):
             return
+        self._draw_maps(trainer)
         history = torch.stack(self._history)
         final = dict(self._final_metrics)
         for name, (alpha, beta) in zip(self.swapped, dashboard.parameters(self._modules).tolist()):
