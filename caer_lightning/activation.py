@@ -16,6 +16,11 @@ STATISTICS = ("sum_p", "sum_p2", "sum_s", "neg_win", "sum_saturation", "groups")
 HISTOGRAM_BINS = 20  # equal-width bins of p over [0, 1]
 
 
+def exporting() -> bool:
+    """Whether the model is being captured for export (torch.export, either torch.onnx exporter)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def default_beta(K: float) -> float:
     """β that makes s = K·tanh(β) = 1 when α = 0, so CAReLU equals ReLU at the moment of the swap."""
     if K <= 1:
@@ -57,9 +62,11 @@ class CAReLU(nn.Module):
         self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
 
     def forward(self, z: Tensor) -> Tensor:
+        # Exporting (torch.export, torch.onnx.export): plain ops, so the graph needs no custom op to run
+        impl = "reference" if exporting() else self.impl
         out, p, tanh = carelu_parts(
             z, self.alpha, self.beta, K=self.K, variant=self.variant, reduction=self.reduction,
-            eps=self.eps, impl=self.impl,
+            eps=self.eps, impl=impl,
         )
         if self.training and self.track_statistics:
             self._accumulate(p, self.K * tanh)
