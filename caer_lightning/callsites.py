@@ -76,10 +76,6 @@ class GraphForward:
     def __call__(self, *args, **kwargs):
         return self.graph_module.forward(*args, **kwargs)
 
-    @property
-    def code(self) -> str:
-        return self.graph_module.code
-
 
 def is_rewritten(module: nn.Module) -> bool:
     return isinstance(module.__dict__.get("forward"), GraphForward)
