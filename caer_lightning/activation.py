@@ -8,12 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from caer_lightning.functional import carelu_parts, competition
-from caer_lightning.ops.common import check_options
+from caer_lightning.ops.common import check_finite_number, check_input_dims, check_options
 
 # Σp, Σp², Σs, groups with s < 0, Σ|α·p + β| (how far tanh is into saturation), number of groups;
 # then HISTOGRAM_BINS counts of p.
 STATISTICS = ("sum_p", "sum_p2", "sum_s", "neg_win", "sum_saturation", "groups")
 HISTOGRAM_BINS = 20  # equal-width bins of p over [0, 1]
+LAYER_FIELDS = ("variant", "reduction", "K", "eps")  # what a layer computes with, besides alpha and beta
 
 
 def exporting() -> bool:
@@ -35,6 +36,8 @@ class CAReLU(nn.Module):
 
     p is the share of the group's pre-activations won by the positives (`variant`), computed per sample,
     per channel or per token (`reduction`). At the default init (α = 0, β = atanh(1/K)) it equals ReLU.
+    `inplace` is accepted, as torch's and timm's activations take it (`act_layer(inplace=True)`), and ignored:
+    CAReLU never works in place. `site_name` (set by `swap_activations`) names the layer in error messages.
 
     While training with `track_statistics` on (CAReLUCallback turns it on for logging steps), each forward
     adds, on the device and without a host sync, Σp, Σp², Σs, the number of groups with s < 0, Σ|α·p + β|, the
@@ -49,19 +52,24 @@ class CAReLU(nn.Module):
         alpha_init: float = 0.0,
         beta_init: float | None = None,
         eps: float = 1e-6,
+        inplace: bool | None = False,
     ) -> None:
         super().__init__()
         check_options(variant, reduction, K, eps)
+        check_finite_number("alpha_init", alpha_init)
         if beta_init is None:
             beta_init = default_beta(K)
+        check_finite_number("beta_init", beta_init)
         self.variant, self.reduction, self.K, self.eps = variant, reduction, float(K), float(eps)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.beta = nn.Parameter(torch.tensor(float(beta_init)))
         self.impl = "auto"
+        self.site_name: str | None = None
         self.track_statistics = False
         self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
 
     def forward(self, z: Tensor) -> Tensor:
+        check_input_dims(z, self.reduction, getattr(self, "site_name", None))
         # Exporting (torch.export, torch.onnx.export): plain ops, so the graph needs no custom op to run
         impl = "reference" if exporting() else self.impl
         out, p, tanh = carelu_parts(
@@ -91,12 +99,16 @@ class CAReLU(nn.Module):
         statistics, self._statistics = self._statistics, None
         return statistics
 
+    def layer_config(self) -> dict[str, str | float]:
+        """`LAYER_FIELDS` and their values: what checkpoints record to rebuild this layer."""
+        return {field: getattr(self, field) for field in LAYER_FIELDS}
+
     def competition(self, z: Tensor) -> Tensor:
         """p per group: (N,) for sample, (N, C) for channel, z.shape[:-1] for token."""
         return competition(z, variant=self.variant, reduction=self.reduction, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return (
-            f"variant={self.variant!r}, reduction={self.reduction!r}, K={self.K:g}, eps={self.eps:g}, "
-            f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"
-        )
+        text = f"variant={self.variant!r}, reduction={self.reduction!r}, K={self.K:g}, eps={self.eps:g}"
+        if self.alpha.is_meta or self.beta.is_meta:  # no values yet (e.g. built under torch.device("meta"))
+            return text
+        return f"{text}, alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"

@@ -1,4 +1,5 @@
-"""Rebuild a CAReLU-trained LightningModule from a checkpoint, without a Trainer."""
+"""Rebuild a CAReLU-trained LightningModule from a checkpoint, without a Trainer: `load_checkpoint`, or
+`restore_swaps` in a module's own `on_load_checkpoint` (then `Module.load_from_checkpoint` works too)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,27 @@ from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.cloud_io import _load as load_file
+from torch import nn
 
-from caer_lightning.activation import CAReLU
-from caer_lightning.callbacks.carelu import STATE_KIND
-from caer_lightning.callbacks.interplay import SwapRecord
-from caer_lightning.swap import swap_activations
+from caer_lightning.record import carelu_layers, rebuild_swaps, recorded_swaps
 
 ModuleT = TypeVar("ModuleT", bound=pl.LightningModule)
 
 
-def recorded_swaps(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-    """The CAReLUCallback states stored in a loaded checkpoint, in callback order (a weights-only checkpoint
-    keeps them under its own key)."""
-    states = [*checkpoint.get("callbacks", {}).values(), *checkpoint.get(SwapRecord.KEY, [])]
-    return [s for s in states if isinstance(s, dict) and s.get("kind") == STATE_KIND]
+def restore_swaps(module: nn.Module, checkpoint: dict[str, Any]) -> list[str]:
+    """Give `module` the CAReLU layers `checkpoint` was trained with (nothing if it records none, or the module
+    already has them), so its state dict loads. Call it in `on_load_checkpoint` to make
+    `YourModule.load_from_checkpoint(path)` rebuild the swap. Returns the CAReLU layers the module now holds."""
+    swaps = recorded_swaps(checkpoint)
+    return rebuild_swaps(module, swaps) if swaps else carelu_layers(module)
 
 
 def load_checkpoint(module_cls: type[ModuleT], path: str | Path, **kwargs: Any) -> ModuleT:
     """Load `module_cls` from a checkpoint written by a run with CAReLUCallback.
 
     The module is built as `module_cls.load_from_checkpoint(path, **kwargs)` would (hyperparameters, kwargs
-    overrides, `map_location`), the recorded swap is re-applied, and the whole state dict is then loaded
-    strictly, so α and β are never silently dropped.
+    overrides, `map_location`), the recorded swap is re-applied (each layer with the configuration it was
+    trained with), and the whole state dict is then loaded strictly, so α and β are never silently dropped.
     """
     checkpoint = load_file(path, map_location="cpu")
     swaps = recorded_swaps(checkpoint)
@@ -42,12 +42,8 @@ def load_checkpoint(module_cls: type[ModuleT], path: str | Path, **kwargs: Any) 
     with warnings.catch_warnings():  # α, β are unexpected until the swap below; the strict load checks all
         warnings.filterwarnings("ignore", message="Found keys that are not in the model state dict")
         model = module_cls.load_from_checkpoint(path, strict=False, **kwargs)
-    for swap in swaps:
-        config = dict(swap["config"])
-        targets, include, exclude = config.pop("targets"), config.pop("include"), config.pop("exclude")
-        swap_activations(model, targets, include=include, exclude=exclude, factory=lambda old: CAReLU(**config))
+    rebuilt = rebuild_swaps(model, swaps)
     recorded = [name for swap in swaps for name in swap["swapped"]]
-    rebuilt = [name for name, module in model.named_modules() if isinstance(module, CAReLU)]
     if sorted(recorded) != sorted(rebuilt):
         raise ValueError(f"{path}: the checkpoint swapped {recorded}, re-applying its swap gave {rebuilt}")
     model.load_state_dict(checkpoint["state_dict"], strict=True)

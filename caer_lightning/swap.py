@@ -13,18 +13,10 @@ import torch
 from torch import nn
 
 from caer_lightning.activation import CAReLU
-from caer_lightning.callsites import (
-    Forms,
-    Site,
-    functional_call_in_source,
-    function_attributes,
-    join_name,
-    needs_tracing,
-    rewrite,
-    set_function_attribute,
-    trace_own_forward,
-    unique_name,
-)
+from caer_lightning.callsites.attributes import function_attributes, set_function_attribute
+from caer_lightning.callsites.forms import Forms
+from caer_lightning.callsites.split import split_call_sites
+from caer_lightning.pretrained import record_swaps
 
 Target = Union[type, str]
 Patterns = Union[str, Sequence[str], None]
@@ -93,18 +85,19 @@ def swap_activations(
     """Replace every activation call site of `targets` by `factory(old)` (default `CAReLU()`), in place.
 
     Call sites are: modules of a `targets` class; activation functions held as attributes
-    (`nn.TransformerEncoderLayer.activation = F.relu`); functional calls in a module's own `forward`
-    (`F.relu(x)`, `torch.relu(x)`, `x.relu()`, `F.gelu(x)`, ...: see `callsites.FUNCTIONAL_FORMS`); and each
-    extra place where a module's forward calls the same activation module again. Every site gets its own module;
-    `old` is the module replaced (for function sites, a new instance of the target class they stand for).
-    New modules are named after the attribute, function or module they replace (`relu`, `relu_1`, ...).
+    (`nn.TransformerEncoderLayer.activation = F.relu`); functional calls in the methods a module runs
+    (`F.relu(x)`, `torch.relu(x)`, `x.relu()`, `F.gelu(x)`, ...: see `callsites.forms`); and each further place
+    where the same activation module is called again. Every site gets its own module; `old` is the module
+    replaced (for function sites, a new instance of the target class they stand for). New modules are named
+    after the attribute, function or module they replace (`relu`, `relu_1`, ...). Call sites are found in the
+    source and only those call expressions are rewritten: the model's own code keeps running (see
+    `callsites.split`); a call that cannot be rewritten faithfully stays as it is, with a warning naming it.
 
     `include`/`exclude` are regexes searched (`re.search`) in the qualified names of the sites. Returns the names
     of the new modules, in model order. Idempotent: a CAReLU is never a target, and a model already swapped
-    returns []. A module reachable under several names is replaced by one new module at each of them (so they
-    keep sharing parameters, as the weights were) and a warning names them. Raises ValueError when nothing
-    matches, or when a module that calls a target function cannot be traced by torch.fx (naming it and what to
-    do instead).
+    returns []. A module registered under several names gets a new module at each (each is a place it is called
+    from). Raises ValueError when nothing matches, or when a target module holds parameters or buffers (a
+    parameter-free activation would drop them).
     """
     classes = resolve_targets(targets)
     forms = Forms.of(classes)
@@ -118,6 +111,8 @@ def swap_activations(
         new = factory(old)
         if not isinstance(new, nn.Module):
             raise ValueError(f"factory returned {type(new).__name__}, not an nn.Module, for {name!r}")
+        if isinstance(new, CAReLU):
+            new.site_name = name
         device = _device_of(near, model)
         return new.to(device) if device is not None else new
 
@@ -130,10 +125,11 @@ def swap_activations(
             step()
         raise
 
-    replaced = [name for name, module in model.named_modules() if id(module) in new_modules]
+    replaced = {name: class_path(type(new_modules[id(m)])) for name, m in model.named_modules() if id(m) in new_modules}
     if not replaced and not any(isinstance(m, CAReLU) for m in model.modules()):
         raise ValueError(_nothing_matched(model, classes, include, exclude))
-    return replaced
+    record_swaps(model, replaced)  # Hugging Face models: save_pretrained keeps the record (caer_lightning.pretrained)
+    return list(replaced)
 
 
 def _swap_sites(
@@ -145,8 +141,9 @@ def _swap_sites(
     new_modules: dict[int, nn.Module],
     undo: list[Callable[[], None]],
 ) -> None:
-    """The three kinds of call sites, in order: function attributes, modules, then calls traced in forward
-    (which splits modules called at several places). Each change appends how to revert it to `undo`."""
+    """The three kinds of call sites, in order: function attributes, modules, then calls found in the source of
+    the methods modules run (which splits modules called at several places). Each change appends how to revert
+    it to `undo`."""
     for name, owner, attribute, target in function_attributes(model, forms):
         if selected(name):
             new = make(target(), name, owner)
@@ -167,96 +164,28 @@ def _swap_sites(
             continue
         if names == [""]:
             raise ValueError(f"the model itself ({type(module).__name__}) is a target; swap inside a container")
-        new = make(module, names[0], model.get_submodule(names[0].rpartition(".")[0]))
-        for name in names:
+        _check_parameter_free(module, names[0])
+        for name in names:  # a module registered at several places is called from each: one new module each
             parent = model.get_submodule(name.rpartition(".")[0])
             child = name.rpartition(".")[2]
+            new = make(module, name, parent)
             setattr(parent, child, new)
             undo.append(functools.partial(setattr, parent, child, module))
-        if len(names) > 1:
-            warnings.warn(
-                f"swap_activations: one {type(module).__name__} is reachable as {names}; all these names now hold "
-                "the same new module, so they share one set of parameters",
-                UserWarning,
-                stacklevel=2,
-            )
-        new_modules[id(new)] = module
+            new_modules[id(new)] = module
 
-    for prefix, module in list(model.named_modules()):
-        if needs_tracing(module):
-            new_modules.update(_split_call_sites(module, prefix, forms, new_modules, selected, make, undo))
+    new_modules.update(split_call_sites(model, classes, new_modules, selected, make, undo))
 
 
-def _split_call_sites(
-    module: nn.Module,
-    prefix: str,
-    forms: Forms,
-    new_modules: dict[int, nn.Module],
-    selected: Callable[[str], bool],
-    make: Callable[[nn.Module, str, nn.Module], nn.Module],
-    undo: list[Callable[[], None]],
-) -> dict[int, nn.Module]:
-    """Trace `module`'s own forward; give each functional call of a target, and each extra call of a module
-    this swap created, a module of its own. Returns the new modules (id -> what they stand for)."""
-    try:
-        graph = trace_own_forward(module)
-    except Exception as error:  # noqa: BLE001 - any tracing failure: fall back to reading the source
-        form = functional_call_in_source(module, forms)
-        if form is not None:
-            raise ValueError(
-                f"swap_activations: {_label(module, prefix)} calls {form}(...) in forward, but torch.fx cannot "
-                f"trace that forward ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}), "
-                f"so that call cannot get a CAReLU of its own. Give {type(module).__name__} an activation module "
-                f"(e.g. self.act = nn.ReLU() called in forward), or leave it out with exclude="
-                f"{re.escape(prefix) or '...'!r}."
-            ) from None
-        return {}
-
-    sites, stands_for, calls, taken = [], {}, {}, set()
-    for node in graph.nodes:
-        target = forms.target_of(node)
-        if target is not None:
-            name = unique_name(module, str(getattr(node.target, "__name__", node.target)).rstrip("_"), taken)
-            if selected(join_name(prefix, name)):
-                old = stands_for[name] = target()
-                sites.append(Site(node, name, lambda old=old, name=name: make(old, join_name(prefix, name), module)))
-        elif node.op == "call_module" and id(module.get_submodule(node.target)) in new_modules:
-            calls.setdefault(node.target, []).append(node)
-    for target, nodes in calls.items():
-        old = new_modules[id(module.get_submodule(target))]
-        for node in nodes[1:]:  # the first call keeps the module; every further call gets its own
-            name = unique_name(module, target.replace(".", "_"), taken)
-            full = join_name(prefix, name)
-            if selected(full):
-                stands_for[name] = old
-                sites.append(Site(node, name, lambda old=old, full=full: make(old, full, module)))
-            else:  # this call site is left out: it keeps the original activation, under a name of its own
-                sites.append(Site(node, name, lambda old=old: old))
-    if not sites:
-        return {}
-    _check_mode_independent(module, prefix, graph)
-    undo.append(rewrite(module, graph, sites))
-    return {id(module.get_submodule(name)): old for name, old in stands_for.items()}
-
-
-def _check_mode_independent(module: nn.Module, prefix: str, graph: fx.Graph) -> None:
-    """The traced graph replaces forward in train and eval mode alike: refuse a forward that depends on it."""
-    mode = module.training
-    module.train(not mode)
-    try:
-        other = trace_own_forward(module)
-    finally:
-        module.train(mode)
-    if other.python_code("self").src != graph.python_code("self").src:
+def _check_parameter_free(module: nn.Module, name: str) -> None:
+    """A target is replaced by a parameter-free activation: refuse one whose parameters or buffers would be lost."""
+    held = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+    if held:
         raise ValueError(
-            f"swap_activations: {_label(module, prefix)}'s forward does different things in train and eval mode, "
-            "so it cannot be replaced by one traced graph to give its activation calls modules of their own. "
-            f"Give {type(module).__name__} activation modules called once each, or leave it out with exclude."
+            f"targets entry {class_path(type(module))}: {name!r} holds parameters or buffers ({', '.join(held[:6])}"
+            f"{', ...' if len(held) > 6 else ''}) that replacing it would drop; accepted targets: activation classes "
+            "without parameters or buffers (e.g. torch.nn.ReLU, torch.nn.GELU). To swap the activation inside such "
+            "a layer (timm's BatchNormAct2d), target the activation class it calls."
         )
-
-
-def _label(module: nn.Module, prefix: str) -> str:
-    return f"{prefix!r} ({type(module).__name__})" if prefix else f"the model ({type(module).__name__})"
 
 
 def _device_of(near: nn.Module, model: nn.Module) -> torch.device | None:

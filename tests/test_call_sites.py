@@ -121,38 +121,20 @@ def test_include_exclude_apply_to_call_sites():
     assert type(swapped.layer1[0].relu_1) is nn.ReLU, "the excluded site keeps its activation, in a module of its own"
 
 
-class DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return F.relu(self.a(x))
-        return self.a(x)
-
-
-class ModeDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-
-    def forward(self, x):
-        x = F.relu(self.a(x))
-        return x * 2 if self.training else x
-
-
-@pytest.mark.parametrize("module,reason", [
-    (DataDependent(), r"torch\.fx cannot trace that forward"),
-    (ModeDependent(), r"different things in train and eval mode"),
-])
-def test_a_call_site_that_cannot_be_rewritten_is_refused_clearly(module, reason):
-    # a ReLU module, and a module whose functional calls are rewritten before the refused one is reached
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), FunctionalConvNet(), module)
-    with pytest.raises(ValueError, match=rf"'3' \({type(module).__name__}\).*{reason}.*exclude"):
-        swap_activations(model)
-    assert carelu_names(model) == [], "a refused swap leaves the model as it was"
-    assert type(model[1]) is nn.ReLU and "forward" not in vars(model[2]) and not hasattr(model[2], "relu")
+@pytest.mark.parametrize("target", [nn.PReLU, nn.Linear])
+def test_a_target_holding_parameters_is_refused_and_the_model_left_as_it_was(target):
+    """Replacing it would drop its weights (timm's BatchNormAct2d, nn.PReLU): refused, naming it, and every
+    change made before the refusal (a function attribute, a rewritten forward) is undone."""
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    held = nn.PReLU() if target is nn.PReLU else nn.Linear(8, 8)
+    model = nn.Sequential(layer, FunctionalConvNet(), held)
+    flag = layer.activation_relu_or_gelu
+    with pytest.raises(ValueError, match=rf"{target.__name__}: '[\w.]+' holds parameters or buffers \(weight"):
+        swap_activations(model, (nn.ReLU, target))
+    assert carelu_names(model) == [] and layer.activation is F.relu
+    assert layer.activation_relu_or_gelu == flag, "the fast path is restored"
+    assert "forward" not in vars(model[1]) and not hasattr(model[1], "relu")
+    assert model[2] is held
 
 
 class FunctionalModule(pl.LightningModule):
@@ -190,7 +172,7 @@ def test_callback_on_functional_model_trains_and_round_trips(tmp_path):
     callback = CAReLUCallback(lr_scale=1.0)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*ran more often")
+        warnings.filterwarnings("error", message=".*called from several places")
         trainer(callbacks=[callback, checkpoints], max_steps=3, enable_checkpointing=True).fit(model, loader())
     assert callback.swapped == ["net.relu", "net.relu_1"]
     assert model.net.relu.alpha.item() != 0.0 and model.net.relu_1.alpha.item() != 0.0
@@ -270,6 +252,38 @@ def test_hugging_face_bert_with_gelu_targets_trains():
         f"bert.bert.encoder.layer.{i}.intermediate.intermediate_act_fn.act" for i in range(2)
     ]
     assert all(model.get_submodule(n).alpha.item() != 0.0 for n in callback.swapped)
+
+
+def test_hugging_face_save_pretrained_round_trip(tmp_path):
+    """save_pretrained keeps the swap record in config.json; caer_lightning.pretrained.from_pretrained rebuilds
+    the CAReLU layers (with their own configuration) and loads their alpha, beta; a plain from_pretrained does not."""
+    transformers = pytest.importorskip("transformers")
+    from caer_lightning.pretrained import from_pretrained
+
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2,
+    )
+    holder = nn.Module()  # swapped from outside, as a LightningModule would: names in the record are the model's
+    holder.bert = transformers.BertForSequenceClassification(config).eval()
+    names = swap_activations(holder, ("torch.nn.GELU",), factory=lambda old: CAReLU(reduction="token", variant="l1"))
+    for name in names:
+        torch.nn.init.normal_(holder.get_submodule(name).alpha)
+    holder.bert.save_pretrained(tmp_path)
+    ids = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = holder.bert(ids).logits
+        plain = transformers.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert not torch.equal(plain(ids).logits, expected), "plain from_pretrained drops the swap"
+        loaded = from_pretrained(transformers.BertForSequenceClassification, tmp_path).eval()
+        assert torch.equal(loaded(ids).logits, expected)
+    layers = [n for n, m in loaded.named_modules() if isinstance(m, CAReLU)]
+    assert [f"bert.{n}" for n in layers] == names
+    assert all(loaded.get_submodule(n).variant == "l1" for n in layers)
+    with pytest.raises(ValueError, match=r"records no CAReLU swap"):
+        fresh = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "caer_lightning"})
+        transformers.BertForSequenceClassification(fresh).save_pretrained(tmp_path / "plain")
+        from_pretrained(transformers.BertForSequenceClassification, tmp_path / "plain")
 
 
 def test_ddp_spawn_with_rewritten_call_sites(tmp_path):

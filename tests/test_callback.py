@@ -151,13 +151,13 @@ class ReusedReLU(TinyNet):
 def test_module_called_at_two_sites_gets_a_module_per_site():
     model, callback = ReusedReLU(), CAReLUCallback()
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*ran more often")
+        warnings.filterwarnings("error", message=".*called from several places")
         fit(model, [callback])
     assert callback.swapped == ["relu", "stem_act", "relu_1"]
 
 
-class UntraceableReusedReLU(ReusedReLU):
-    """The same, with data-dependent control flow: torch.fx cannot trace it, so its sites cannot be split."""
+class SuperReusedReLU(ReusedReLU):
+    """The same, reached through super(): the base's own code runs, so its two calls cannot be split."""
 
     def forward(self, x):
         if x.sum() > 1e9:
@@ -166,8 +166,14 @@ class UntraceableReusedReLU(ReusedReLU):
 
 
 def test_module_called_at_two_sites_is_reported_when_it_cannot_be_split():
-    with pytest.warns(UserWarning, match=r"ran more often in the first step than the others \(1x\): \{'relu': 2\}"):
-        fit(UntraceableReusedReLU(), [CAReLUCallback()])
+    with pytest.warns(UserWarning) as caught:
+        fit(SuperReusedReLU(), [CAReLUCallback()])
+    messages = [str(w.message) for w in caught]
+    assert any("ReusedReLU.forward: it is reached through super()" in m for m in messages), messages
+    line = ReusedReLU.forward.__code__.co_firstlineno + 1
+    probe = [m for m in messages if "called from several places" in m]
+    assert len(probe) == 1 and f"relu from test_callback.py:{line} in ReusedReLU.forward" in probe[0]
+    assert "stem_act" not in probe[0], "a module called from one place is not reported"
 
 
 class TwoViews(TinyNet):
@@ -176,9 +182,33 @@ class TwoViews(TinyNet):
         return F.cross_entropy(self(x), y) + F.cross_entropy(self(x.flip(-1)), y)
 
 
+class RareBranch(TinyNet):
+    """A CAReLU in a branch the first step never runs, and one called in a loop: neither is shared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rare = nn.ReLU()
+        self.rare_steps = False
+
+    def forward(self, x):
+        for _ in range(3):
+            x = F.relu(x - 0.1)
+        if self.rare_steps:
+            x = self.rare(x)
+        return self.net(x)
+
+
+def test_a_branch_not_run_and_a_loop_are_not_reported():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*called from several places")
+        callback = CAReLUCallback()
+        fit(RareBranch(), [callback])
+    assert callback.swapped == ["net.2", "net.5", "rare", "relu"]
+
+
 def test_two_forwards_per_step_are_not_reported():
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*ran more often")
+        warnings.filterwarnings("error", message=".*called from several places")
         fit(TwoViews(), [CAReLUCallback()])
 
 
@@ -188,6 +218,10 @@ def test_two_forwards_per_step_are_not_reported():
     (dict(targets=("nosuchpackage.Act",)), "targets"), (dict(lr=0.0), "lr"), (dict(lr_scale=-1.0), "lr_scale"),
     (dict(weight_decay=-0.1), "weight_decay"), (dict(log_every_n_steps=-1), "log_every_n_steps"), (dict(log_every_n_steps=2.5), "log_every_n_steps"),
     (dict(include="(unclosed"), "include"), (dict(K=0.5), "K"),
+    (dict(lr=float("inf")), "lr"), (dict(lr_scale=float("inf")), "lr_scale"), (dict(lr=float("nan")), "lr"),
+    (dict(weight_decay=float("nan")), "weight_decay"), (dict(weight_decay=float("inf")), "weight_decay"),
+    (dict(alpha_init=float("nan")), "alpha_init"), (dict(beta_init=float("inf")), "beta_init"),
+    (dict(K=float("inf")), "K"),
 ])
 def test_invalid_arguments_raise_at_construction(kwargs, argument):
     with pytest.raises(ValueError, match=rf"{argument}.*(accepted values|beta_init)"):

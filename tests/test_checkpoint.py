@@ -6,9 +6,12 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim import lr_scheduler
 
 from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
+from caer_lightning.checkpoint import restore_swaps
+from caer_lightning.models import TimmClassifier
 from helpers import TinyNet, loader, trainer
 
 
@@ -105,3 +108,65 @@ def test_load_checkpoint_without_a_recorded_swap(tmp_path):
     run.save_checkpoint(path)
     with pytest.raises(ValueError, match=r"records no CAReLUCallback swap.*TinyNet.load_from_checkpoint"):
         load_checkpoint(TinyNet, path)
+
+
+def test_validate_with_another_include_says_what_the_checkpoint_holds(trained):
+    _, _, directory = trained
+    with pytest.raises(MisconfigurationException, match=(
+        r"this checkpoint's CAReLU layers are not this model's.*holds alpha, beta of \['net\.2'\] that this model has "
+        r"no CAReLU at.*written by: CAReLUCallback\(targets=.*include=None.*\) swapped \['net\.2', 'net\.5'\].*"
+        r"caer_lightning\.load_checkpoint"
+    )):
+        trainer(callbacks=[CAReLUCallback(include=r"net\.5")]).validate(
+            TinyNet(), loader(), ckpt_path=directory / "epoch=1-step=8.ckpt"
+        )
+
+
+class RestoringNet(TinyNet):
+    def on_load_checkpoint(self, checkpoint):
+        restore_swaps(self, checkpoint)
+
+
+def test_restore_swaps_makes_load_from_checkpoint_rebuild_the_model(trained):
+    model, _, directory = trained
+    loaded = RestoringNet.load_from_checkpoint(directory / "epoch=1-step=8.ckpt").eval()
+    assert carelu_values(loaded) == carelu_values(model)
+    x = loader(seed=2).dataset.tensors[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_refit_with_another_configuration_records_what_the_layers_hold(tmp_path):
+    """The layers keep the configuration they were swapped with; the checkpoint records that, not the second
+    callback's, and load_checkpoint rebuilds the model that was trained."""
+    model = TinyNet()
+    trainer(callbacks=[CAReLUCallback()], max_steps=2).fit(model, loader())
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    with pytest.warns(UserWarning, match=(
+        r"CAReLUCallback\(variant='l1', reduction='sample', K=3\.0, eps=1e-06\): the model already holds CAReLU layers "
+        r"configured otherwise.*net\.2 \(variant='energy', reduction='sample', K=2\.0, eps=1e-06\)"
+    )):
+        trainer(callbacks=[CAReLUCallback(variant="l1", K=3.0), checkpoints], max_steps=2,
+                enable_checkpointing=True).fit(model, loader())
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    (state,) = [s for k, s in checkpoint["callbacks"].items() if k.startswith("CAReLUCallback")]
+    assert state["layers"]["net.5"] == {"variant": "energy", "reduction": "sample", "K": 2.0, "eps": 1e-6}
+    loaded = load_checkpoint(TinyNet, tmp_path / "last.ckpt").eval()
+    assert (loaded.net[2].variant, loaded.net[2].K) == ("energy", 2.0)
+    x = loader(seed=3).dataset.tensors[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_timm_classifier_load_from_checkpoint_rebuilds_the_swap(tmp_path):
+    """Our own LightningModule restores the swap in on_load_checkpoint: its load_from_checkpoint just works."""
+    model = TimmClassifier("resnet18", num_classes=4, cifar_stem=True)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    trainer(callbacks=[CAReLUCallback(variant="count"), checkpoints], max_steps=2,
+            enable_checkpointing=True).fit(model, loader())
+    loaded = TimmClassifier.load_from_checkpoint(tmp_path / "last.ckpt").eval()
+    assert carelu_values(loaded) == carelu_values(model) and len(carelu_values(loaded)) == 17
+    assert {m.variant for m in loaded.modules() if isinstance(m, CAReLU)} == {"count"}
+    x = loader(seed=4).dataset.tensors[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))

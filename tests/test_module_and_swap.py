@@ -110,12 +110,14 @@ def test_bad_regex_names_argument():
         swap_activations(nn.Sequential(nn.ReLU()), exclude="[")
 
 
-def test_aliased_module_is_replaced_everywhere_and_warned():
+def test_a_module_registered_at_two_places_gets_one_carelu_per_place():
     shared = nn.ReLU()
     model = nn.Sequential(nn.Linear(3, 3), shared, nn.Sequential(nn.Linear(3, 3), shared))
-    with pytest.warns(UserWarning, match=r"reachable as \['1', '2.1'\]"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         names = swap_activations(model)
-    assert names == ["1"] and model[1] is model[2][1] and isinstance(model[1], CAReLU)
+    assert names == ["1", "2.1"] and model[1] is not model[2][1]
+    assert isinstance(model[1], CAReLU) and isinstance(model[2][1], CAReLU)
 
 
 def test_new_module_lands_on_the_old_modules_device():
@@ -149,3 +151,53 @@ def test_tracked_forward_and_backward_never_sync(reduction):
     p = act.competition(z.detach()).reshape(-1)
     expected = torch.histc(p, bins=HISTOGRAM_BINS, min=0, max=1) * 2
     assert torch.equal(statistics[len(STATISTICS):], expected), "the histogram counts each group once per call"
+
+
+def test_densenet_norm_act_layers_are_refused_as_targets():
+    """timm's BatchNormAct2d holds BatchNorm weights and statistics: replacing it would drop them."""
+    from timm.layers import BatchNormAct2d
+
+    model = timm.create_model("densenet121", pretrained=False, num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"BatchNormAct2d: 'features.norm0' holds parameters or buffers \(weight, "
+                                         r"bias, running_mean.*torch\.nn\.ReLU"):
+        swap_activations(model, (BatchNormAct2d,))
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_channel_reduction_on_a_2d_input_names_the_layer():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8), nn.ReLU())
+    swap_activations(model, factory=lambda old: CAReLU(reduction="channel"))
+    with pytest.raises(ValueError, match=r"CAReLU '4': reduction='channel' needs an input with at least 3 dims "
+                                         r"\(N, C, \.\.\.\), got shape \(2, 8\); accepted reductions for this "
+                                         r"input: sample, token"):
+        model(torch.randn(2, 3, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "mobilenetv3_small_050"])
+def test_carelu_as_a_timm_act_layer(name):
+    """timm builds activations as act_layer(inplace=True): CAReLU takes the argument (and never works in place)."""
+    model = timm.create_model(name, pretrained=False, num_classes=4, act_layer=CAReLU).eval()
+    layers = [m for m in model.modules() if isinstance(m, CAReLU)]
+    assert len(layers) >= 10
+    x = torch.randn(2, 3, 64, 64)
+    reference = timm.create_model(name, pretrained=False, num_classes=4, act_layer=nn.ReLU)
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith(("alpha", "beta"))})
+    assert CAReLU(inplace=True).beta.item() == pytest.approx(math.atanh(0.5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=1e-5)
+
+
+def test_repr_on_the_meta_device():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(3, 3), CAReLU(variant="l1"))
+    assert "CAReLU(variant='l1', reduction='sample', K=2, eps=1e-06)" in repr(model)
+    assert "alpha=0, beta=0.5493" in repr(CAReLU())
+
+
+@pytest.mark.parametrize("argument,value", [("alpha_init", float("nan")), ("beta_init", float("inf")),
+                                            ("alpha_init", "0.1")])
+def test_non_finite_initial_values_are_refused(argument, value):
+    with pytest.raises(ValueError, match=rf"{argument}=.* accepted values: a finite number"):
+        CAReLU(**{argument: value})

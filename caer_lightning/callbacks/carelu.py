@@ -17,9 +17,11 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
+import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -45,9 +47,15 @@ from caer_lightning.callbacks.interplay import (
 )
 from caer_lightning.guards import SATURATION_LIMIT, check_finite, saturated_layers, saturation_message
 from caer_lightning.optim import GROUP_NAME, NewGroup, default_lr_scale, extend_scheduler, find_group, keep_ratio, move_to_own_group
+from caer_lightning.record import (
+    STATE_KIND,
+    carelu_layers,
+    describe,
+    layers_in_state_dict,
+    recorded_swaps,
+)
 from caer_lightning.swap import Patterns, Target, class_path, compile_patterns, resolve_targets, swap_activations
 
-STATE_KIND = "caer_lightning.CAReLUCallback"
 # The heat maps take a fraction of a second to draw; they are drawn at most as often as keeps them under this
 # share of the training time (and always at the end of training).
 FIGURE_BUDGET = 0.01
@@ -104,8 +112,9 @@ class CAReLUCallback(Callback):
         CAReLU(**self.activation_config)  # validates every activation argument now, before any training
         _check_positive("lr", lr, allow_none=True)
         _check_positive("lr_scale", lr_scale, allow_none=True)
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay!r} is not supported; accepted values: a number >= 0")
+        if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+                or not math.isfinite(weight_decay) or weight_decay < 0):
+            raise ValueError(f"weight_decay={weight_decay!r} is not supported; accepted values: a finite number >= 0")
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0
         ):
@@ -122,8 +131,9 @@ class CAReLUCallback(Callback):
         self._created: set[int] = set()  # ids of the CAReLU modules this callback created
         self._claimed: set[int] = set()  # ids of the CAReLU modules this callback trains and logs
         self._frozen: list[str] = []  # layers inside frozen parts: α, β frozen with them
+        self._layers: dict[str, CAReLU] = {}  # the claimed layers by name (what the checkpoint records)
         self._groups: list[tuple[torch.optim.Optimizer, NewGroup]] = []
-        self._call_counts: Counter[str] | None = None  # calls per CAReLU in the first training step
+        self._call_places: dict[str, set[tuple[str, int, int]]] | None = None  # callers of each CAReLU, 1st step
         self._probe_handles: list[RemovableHandle] = []
         self._modules: list[CAReLU] = []
         self._log_every = 0  # resolved cadence; 0: no statistics
@@ -166,6 +176,7 @@ class CAReLUCallback(Callback):
             after = functools.partial(self._after_configure_model, trainer, pl_module)
             HookAfter.add(pl_module, "configure_model", self.state_key, after)
         SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
+        HookAfter.add(pl_module, "on_load_checkpoint", _FITS_CHECKPOINT, functools.partial(_check_fits, pl_module))
 
     def _after_configure_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         HookAfter.discard(pl_module, "configure_model", self.state_key)
@@ -216,7 +227,7 @@ class CAReLUCallback(Callback):
             if isinstance(callback, CAReLUCallback) and callback is not self:
                 others |= callback._created | callback._claimed
         included, excluded = compile_patterns("include", self.include), compile_patterns("exclude", self.exclude)
-        self.swapped = []
+        self.swapped, self._layers = [], {}
         for name, module in pl_module.named_modules():
             key = id(module)
             if not isinstance(module, CAReLU) or key in others:
@@ -231,6 +242,24 @@ class CAReLUCallback(Callback):
                     self._frozen.append(name)
                 self._claimed.add(key)
                 self.swapped.append(name)
+                self._layers[name] = module
+        self._warn_other_configuration()
+
+    def _warn_other_configuration(self) -> None:
+        """Layers that were CAReLU before this callback came keep their configuration: say so when it is not
+        this callback's (the checkpoint records what each layer holds)."""
+        config = self.activation_config
+        wanted = dict(variant=config["variant"], reduction=config["reduction"], K=float(config["K"]),
+                      eps=float(config["eps"]))
+        other = {n: m.layer_config() for n, m in self._layers.items() if id(m) not in self._created}
+        other = {n: c for n, c in other.items() if c != wanted}
+        if other:
+            holds = ", ".join(f"{n} ({', '.join(f'{k}={v!r}' for k, v in c.items())})" for n, c in other.items())
+            rank_zero_warn(
+                f"CAReLUCallback({', '.join(f'{k}={v!r}' for k, v in wanted.items())}): the model already holds "
+                f"CAReLU layers configured otherwise, which keep their configuration: {holds}. Checkpoints record "
+                "what each layer holds. To train with this configuration, swap a model that has no CAReLU yet."
+            )
 
     def _resolve_group_name(self, trainer: pl.Trainer) -> str:
         """`name`, or carelu, carelu_1, ... by this callback's place among the Trainer's CAReLUCallbacks."""
@@ -348,7 +377,7 @@ class CAReLUCallback(Callback):
         """Hold the lr ratio for this step; measure statistics during logging steps only; probe call sites on
         the first batch."""
         self._keep_ratios()
-        if self._call_counts is None:
+        if self._call_places is None:
             self._start_call_probe(pl_module)
         if self._log_every and self._tracking_step is None and trainer.global_step % self._log_every == 0:
             self._tracking_step = trainer.global_step
@@ -468,25 +497,25 @@ class CAReLUCallback(Callback):
             rank_zero_warn(saturation_message(new, scales, step))
 
     def _start_call_probe(self, pl_module: pl.LightningModule) -> None:
-        """Count calls per CAReLU until the first backward, to find modules used at several sites."""
-        self._call_counts = Counter()
+        """Record, until the first backward, the places each CAReLU is called from, to find one module called
+        at several places the swap could not tell apart (a loop calls it from one place, however often)."""
+        self._call_places = {}
         for name in self.swapped:
-            hook = lambda module, args, name=name: self._call_counts.update([name])
+            hook = functools.partial(_record_call_place, self._call_places.setdefault(name, set()))
             self._probe_handles.append(pl_module.get_submodule(name).register_forward_pre_hook(hook))
 
     def _finish_call_probe(self) -> None:
         for handle in self._probe_handles:
             handle.remove()
         self._probe_handles = []
-        counts = self._call_counts
-        least = min((counts[n] for n in self.swapped), default=0)
-        shared = {n: counts[n] for n in self.swapped if counts[n] > least}
+        shared = {n: sorted({place[0] for place in places}) for n, places in self._call_places.items() if len(places) > 1}
         if shared:
+            described = "; ".join(f"{name} from {', '.join(places)}" for name, places in shared.items())
             rank_zero_warn(
-                f"CAReLUCallback: these activations ran more often in the first step than the others ({least}x): "
-                f"{shared}. Each is probably one module called at several places that the swap could not tell "
-                "apart (a forward torch.fx cannot trace, or calls from different modules), so those places share "
-                "one alpha and beta. Give each place its own activation module if they should learn separately."
+                f"CAReLUCallback: in the first step, these activations were called from several places: {described}. "
+                "Each is one module called at places the swap could not tell apart (calls from code it cannot "
+                "read, or one module in two containers), so those places share one alpha and beta. Give each "
+                "place its own activation module if they should learn separately."
             )
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -499,6 +528,7 @@ class CAReLUCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "kind": STATE_KIND, "config": self.config, "swapped": list(self.swapped),
+            "layers": {name: module.layer_config() for name, module in self._layers.items()},
             "optimizer": self.optimizer_config,
         }
 
@@ -523,6 +553,47 @@ class CAReLUCallback(Callback):
             )
 
 
+_FITS_CHECKPOINT = "caer_lightning_fits_checkpoint"
+
+
+def _check_fits(pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """Runs after the module's `on_load_checkpoint`, before the Trainer loads the checkpoint's weights into it:
+    a checkpoint whose CAReLU layers are not the model's stops here with what each side holds and the way out
+    (Lightning's own error only lists missing or unexpected keys)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or pl_module.strict_loading is False:
+        return
+    in_model = set(carelu_layers(pl_module))
+    in_checkpoint = set(layers_in_state_dict(state, pl_module))
+    if in_model == in_checkpoint:
+        return
+    raise MisconfigurationException(
+        "CAReLUCallback: this checkpoint's CAReLU layers are not this model's, so its weights cannot be loaded. "
+        f"The checkpoint holds alpha, beta of {sorted(in_checkpoint - in_model) or 'no other layer'} that this "
+        f"model has no CAReLU at, and none for its CAReLU layers {sorted(in_model - in_checkpoint) or '(none)'}. "
+        f"It was written by: {describe(recorded_swaps(checkpoint))}. Run with the same CAReLUCallback settings, "
+        "or load the trained model with caer_lightning.load_checkpoint(YourModule, path)."
+    )
+
+
+def _record_call_place(places: set[tuple[str, int, int]], module: nn.Module, args: Any) -> None:
+    """Forward pre-hook: add the place that called `module` to `places`: the first frame outside torch.nn's call
+    machinery ("file:line in Class.method", the call's bytecode offset, which tells two calls on one line apart)
+    and the id of the object whose method made the call."""
+    if torch.compiler.is_compiling():
+        return
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == _MODULE_FILE:
+        frame = frame.f_back
+    if frame is not None:
+        code = frame.f_code
+        where = f"{Path(code.co_filename).name}:{frame.f_lineno} in {getattr(code, 'co_qualname', code.co_name)}"
+        places.add((where, frame.f_lasti, id(frame.f_locals.get("self"))))
+
+
+_MODULE_FILE = nn.Module.__call__.__code__.co_filename
+
+
 def _holder(optimizers: Sequence[torch.optim.Optimizer], params: Sequence[nn.Parameter]) -> int | None:
     """Index of the first optimizer holding any of `params`, or None."""
     ids = {id(p) for p in params}
@@ -539,6 +610,6 @@ def _tensorboard_writers(trainer: pl.Trainer) -> list:
 def _check_positive(argument: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        accepted = "None or a number > 0" if allow_none else "a number > 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        accepted = "None or a finite number > 0" if allow_none else "a finite number > 0"
         raise ValueError(f"{argument}={value!r} is not supported; accepted values: {accepted}")

@@ -24,6 +24,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.optim.swa_utils import AveragedModel
 
 from caer_lightning.activation import CAReLU
+from caer_lightning.record import WEIGHTS_ONLY_KEY
 
 try:  # Lightning >= 2.5
     from lightning.pytorch.callbacks import WeightAveraging
@@ -84,7 +85,7 @@ class SwapRecord:
     """Runs after `on_save_checkpoint`: writes the swaps into checkpoints that carry no callback states
     (`ModelCheckpoint(save_weights_only=True)`), so `load_checkpoint` can rebuild the model from them."""
 
-    KEY = "caer_lightning_swaps"
+    KEY = WEIGHTS_ONLY_KEY
 
     def __init__(self) -> None:
         self.swaps: dict[str, dict[str, Any]] = {}

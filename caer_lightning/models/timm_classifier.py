@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from caer_lightning.checkpoint import restore_swaps
+
 INTERVALS = ("epoch", "step")
 
 
@@ -122,6 +124,11 @@ class TimmClassifier(pl.LightningModule):
         """Class probabilities (softmax) for a batch of images, or of (images, labels)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(dim=-1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint trained with CAReLUCallback: rebuild its CAReLU layers first, so that
+        `TimmClassifier.load_from_checkpoint(path)` loads their alpha, beta too."""
+        restore_swaps(self, checkpoint)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

@@ -24,15 +24,28 @@ def check_options(variant: str, reduction: str, K: float, eps: float) -> None:
         raise ValueError(f"eps={eps!r} is not supported; accepted values: a finite number > 0")
 
 
-def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
-    """The dims reduced to one competition value p for `reduction` (see SPEC §1)."""
+def check_finite_number(argument: str, value: object) -> None:
+    """Raise a ValueError naming `argument` unless `value` is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{argument}={value!r} is not supported; accepted values: a finite number")
+
+
+def check_input_dims(z: Tensor, reduction: str, layer: str | None = None) -> None:
+    """Raise a ValueError (naming `layer` if given) when `z` has too few dims for `reduction`."""
     need = _MIN_DIMS[reduction]
     if z.dim() < need:
         layout = {"sample": "(N, ...)", "channel": "(N, C, ...)", "token": "(..., C)"}[reduction]
+        where = f"CAReLU {layer!r}: " if layer else ""
         raise ValueError(
-            f"reduction={reduction!r} needs an input with at least {need} dims {layout}, "
-            f"got shape {tuple(z.shape)}"
+            f"{where}reduction={reduction!r} needs an input with at least {need} dims {layout}, "
+            f"got shape {tuple(z.shape)}; accepted reductions for this input: "
+            f"{', '.join(r for r, n in _MIN_DIMS.items() if z.dim() >= n)}"
         )
+
+
+def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
+    """The dims reduced to one competition value p for `reduction` (see SPEC §1)."""
+    check_input_dims(z, reduction)
     if reduction == "sample":
         return tuple(range(1, z.dim()))
     if reduction == "channel":
