@@ -73,19 +73,20 @@ def smallest_per_family(max_params: float) -> tuple[dict[str, tuple[str, int]], 
     return chosen, skipped
 
 
-def input_for(model: nn.Module) -> torch.Tensor:
-    size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    return torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+def input_for(model: nn.Module, image_size: int | None = None) -> torch.Tensor:
+    channels, *size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    size = [image_size, image_size] if image_size else size
+    return torch.randn(2, channels, *size, generator=torch.Generator().manual_seed(0))
 
 
-def check(name: str) -> dict:
-    """Run both checks on one model; returns the record."""
+def check(name: str, image_size: int | None = None) -> dict:
+    """Run both checks on one model (inputs of its default size, or `image_size` square); returns the record."""
     record: dict = {"model": name, "family": family(name)}
     started = time.perf_counter()
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     record["params"] = sum(p.numel() for p in model.parameters())
-    x = input_for(model)
+    x = input_for(model, image_size)
     with torch.no_grad():
         expected = model(x)
     relu_model = copy.deepcopy(model)
@@ -173,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             out.write(line + "\n")
             out.flush()
     outcomes = Counter(r["outcome"] for r in records)
-    print(f"\n{len(chosen) + len(skipped)} families: {len(records)} swept, {len(skipped)} skipped "
-          f"(smallest above {args.max_params / 1e6:g} M parameters: {sorted(skipped)})")
+    if not args.families:
+        print(f"\n{len(chosen) + len(skipped)} families: {len(records)} swept, {len(skipped)} skipped (smallest "
+              f"above {args.max_params / 1e6:g} M parameters: {', '.join(f'{k} ({v})' for k, v in skipped.items())})")
     print(", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
     print(f"models with warnings (calls left as they are): {sum(bool(r.get('warnings')) for r in records)}")
     return 1 if outcomes.get("failed") else 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import pickle
 import warnings
 
 import pytest
@@ -393,6 +394,34 @@ def test_module_called_at_several_places_gets_one_per_place():
     assert len(modules) == 3, "each place has its own module"
 
 
+class ExclusiveArms(nn.Module):
+    """One module called in arms that never run in the same call (MobileOne's re-parameterised path behind an
+    early return, GluMlp's `gate_last` conditional expression): one layer written twice, so it keeps one module
+    per group of places that can run together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act = nn.Linear(4, 4), nn.ReLU()
+        self.reparam: nn.Module | None = None
+        self.gate_last = True
+
+    def forward(self, x):
+        if self.reparam is not None:
+            return self.act(self.reparam(x))
+        y = self.act(self.a(x))  # never runs with the call above: the same module
+        return y * self.act(y - 1) if self.gate_last else self.act(y + 1) * y  # runs with the one above: a new one
+
+
+def test_calls_in_exclusive_arms_share_the_module():
+    model = ExclusiveArms()
+    swapped = swap_and_compare(model, [(x(2, 4),)], ["act", "act_1"])
+    model.gate_last = swapped.gate_last = False
+    assert_same(model, swapped, [(x(2, 4),)])
+    model.reparam = swapped.reparam = nn.Linear(4, 4)
+    swapped.reparam.load_state_dict(model.reparam.state_dict())
+    assert_same(model, swapped, [(x(2, 4),)])
+
+
 class StatementsAndScopes(nn.Module):
     """try/except, with, while, match, comprehensions, keyword-only arguments and defaults."""
 
@@ -485,13 +514,14 @@ class InPlaceOnAttribute(nn.Module):
         return out[0] + torch.relu(x)
 
 
-@pytest.mark.parametrize("module,expected_names,reason,expected", [
-    (Wrapped(), [], r"Wrapped\.forward: it is wrapped by a decorator", lambda m, y: torch.relu(m.a(y))),
-    (Generated(), [], r"forward: its source cannot be read", lambda m, y: torch.relu(m.a(y))),
-    (InPlaceOnAttribute(), ["1.relu_1"], r"line \d+, `out\[0\]\.relu_\(\)`: it works in place on `out\[0\]`",
+@pytest.mark.parametrize("cls,expected_names,reason,expected", [
+    (Wrapped, [], r"Wrapped\.forward: it is wrapped by a decorator", lambda m, y: torch.relu(m.a(y))),
+    (Generated, [], r"forward: its source cannot be read", lambda m, y: torch.relu(m.a(y))),
+    (InPlaceOnAttribute, ["1.relu_1"], r"line \d+, `out\[0\]\.relu_\(\)`: it works in place on `out\[0\]`",
      lambda m, y: torch.relu(m.a(y)) + 2 * torch.relu(y)),
 ])
-def test_calls_that_cannot_be_rewritten_are_left_alone_and_named(module, expected_names, reason, expected):
+def test_calls_that_cannot_be_rewritten_are_left_alone_and_named(cls, expected_names, reason, expected):
+    module = cls()
     model = nn.Sequential(nn.ReLU(), module)
     with pytest.warns(UserWarning, match=rf"'1' \({type(module).__name__}\).*{reason}.*exclude"):
         names = swap_activations(model, factory=twice)
@@ -531,9 +561,28 @@ def test_default_carelu_sites_equal_relu_bitwise():
 
 
 def test_gradients_reach_every_site():
+    torch.manual_seed(0)
     model = Helpers()
     names = swap_activations(model, factory=lambda old: CAReLU(alpha_init=0.3, beta_init=math.atanh(0.4)))
     model(x(3, 4)).sum().backward()
     for name in names:
         alpha = model.get_submodule(name).alpha
         assert alpha.grad is not None and alpha.grad.abs().item() > 0, name
+
+
+@pytest.mark.parametrize("cls,inputs", [
+    (InPlace, (x(3, 4),)), (Imported, (x(2, 4),)), (Helpers, (x(3, 4),)), (ExclusiveArms, (x(2, 4),)),
+    (OptionalArguments, (x(3, 6),)), (lambda: make_closure_model(2.0), (x(2, 4),)),  # a local class: no pickle
+])
+def test_rewritten_methods_pickle_copy_and_compile_fullgraph(cls, inputs):
+    """What spawn workers, weight averaging and torch.compile do with a swapped model."""
+    model = cls()
+    swap_activations(model, factory=twice)
+    model.eval()
+    with torch.no_grad():
+        expected = model(*inputs)
+        assert torch.equal(copy.deepcopy(model)(*inputs), expected)
+        if "<locals>" not in type(model).__qualname__:
+            assert torch.equal(pickle.loads(pickle.dumps(model))(*inputs), expected)
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(*inputs), expected)

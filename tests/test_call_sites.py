@@ -194,8 +194,14 @@ def test_rewritten_model_copies_pickles_and_compiles_fullgraph():
     assert torch.equal(torch.load(buffer, weights_only=False)(x), expected)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     assert torch.allclose(compiled(x), expected)
+    for name in ("relu", "relu_1"):  # exported graphs hold the sites (as plain ops), not the original ReLUs
+        getattr(model, name).beta.data.fill_(0.9)
+    changed = model(x)
+    exported = torch.export.export(model.eval(), (x,))
+    torch.testing.assert_close(exported.module()(x), changed)
+    assert not torch.allclose(changed, expected)
     model.head = nn.Linear(8, NUM_CLASSES)  # the rewritten forward calls the module's current children
-    assert not torch.equal(model(x), expected)
+    assert not torch.equal(model(x), changed)
 
 
 class DemoTransformer(pl.LightningModule):

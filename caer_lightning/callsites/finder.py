@@ -13,6 +13,7 @@ from typing import Literal
 
 from torch import nn
 
+from caer_lightning.callsites.branches import Path, ancestry, path_of
 from caer_lightning.callsites.forms import Forms, InPlace, call_input, in_place
 from caer_lightning.callsites.source import MethodSource
 
@@ -33,6 +34,7 @@ class FoundCall:
     rebind: str | None = None  # works in place on this name: later readers must read the call's result
     rebind_if: Position | None = None  # the `inplace=` argument that decides it when it runs
     problem: str | None = None  # why the call cannot get a module of its own
+    path: Path = ()  # where it sits in the method (see `branches`)
 
     @property
     def position(self) -> Position:
@@ -71,7 +73,7 @@ class _Finder:
         self.self_name = source.self_name
         self.bound = _bound_names(source.definition)
         self.self_rebound = self.self_name is None or _assigns(source.definition, self.self_name)
-        self.parents = _parents(source.definition)
+        self.steps = ancestry(source.definition)
         self.found = MethodCalls()
 
     def visit_body(self, node: ast.AST, hidden: bool) -> None:
@@ -113,7 +115,7 @@ class _Finder:
         if called is not None:
             replaced = self.swapped.get(id(called))
             if replaced is not None:
-                found = FoundCall(call, "module", "_".join(chain[1:]), None, called)
+                found = FoundCall(call, "module", "_".join(chain[1:]), None, called, path=path_of(call, self.steps))
                 if getattr(replaced, "inplace", False) is True:  # the new module does not work in place
                     found.rebind, found.rebind_if, _ = self.in_place_effect(call, call_input(call), True)
                 self.found.calls.append(found)
@@ -166,7 +168,7 @@ class _Finder:
         `x = f(x)` and `return f(x)`, where the result already takes the name's place."""
         if not isinstance(target, ast.Name):
             return False
-        parent = self.parents.get(id(call))
+        parent = self.steps[id(call)][0] if id(call) in self.steps else None
         if isinstance(parent, ast.Return):
             return False
         if isinstance(parent, ast.Assign) and parent.value is call and len(parent.targets) == 1:
@@ -259,6 +261,3 @@ def _assigns(definition: ast.FunctionDef, name: str) -> bool:
         for node in ast.walk(definition)
     )
 
-
-def _parents(definition: ast.FunctionDef) -> dict[int, ast.AST]:
-    return {id(child): node for node in ast.walk(definition) for child in ast.iter_child_nodes(node)}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from caer_lightning.activation import CAReLU
+from caer_lightning.callsites.branches import exclusive
 from caer_lightning.callsites.finder import FoundCall, dotted_call, find_calls
 from caer_lightning.callsites.forms import Forms
 from caer_lightning.callsites.rewrite import Rewrite, SiteMethod, rewritten
@@ -70,14 +71,14 @@ def split_call_sites(
     modules this swap already put in (modules, function attributes) to what they replaced. Returns the new
     modules (id -> what each stands for); appends how to revert each change to `undo`."""
     sites = _Sites(swapped, selected, make, undo)
-    for entry in list(_scan(model, Forms.of(classes), classes, swapped)):
+    for entry in _scan(model, Forms.of(classes), classes, swapped):
         taken: set[str] = set()  # names given in this module
         plans: dict[tuple[type, str], list[Rewrite]] = {}
         left: list[str] = list(entry.problems)
         for method in entry.methods:
             for call in method.calls:
                 plan = sites.module_call if call.kind == "module" else sites.functional_call
-                rewrite = plan(entry, call, taken, left)
+                rewrite = plan(entry, method, call, taken, left)
                 if rewrite is not None:
                     plans.setdefault((method.owner, method.name), []).append(rewrite)
         for (owner, name), rewrites in plans.items():
@@ -85,6 +86,28 @@ def split_call_sites(
         if left:
             _warn_left(entry, left)
     return sites.new_modules
+
+
+@dataclass
+class _Place:
+    """The calls of one module (put in by this swap) that call one module after the swap: `module` (a path from
+    `self`: the original attribute) or a new one of the calling module's."""
+
+    caller: nn.Module
+    method: ScannedMethod
+    module: str
+    calls: list[FoundCall]
+
+    def joins(self, caller: nn.Module, method: ScannedMethod, call: FoundCall) -> bool:
+        """Whether `call` can share this place's module: same method, and never run with any of its calls."""
+        return caller is self.caller and method is self.method and all(exclusive(c.path, call.path) for c in self.calls)
+
+    def rewrite(self, call: FoundCall) -> Rewrite | None:
+        """Call this place's module (nothing to change for the original, unless the call works in place)."""
+        original = self.module == ".".join(dotted_call(call.node)[1:])
+        if original and call.rebind is None:
+            return None
+        return Rewrite(call.position, "rename", self.module, call.rebind, call.rebind_if)
 
 
 @dataclass
@@ -96,25 +119,32 @@ class _Sites:
     make: Make
     undo: list[Callable[[], None]]
     new_modules: dict[int, nn.Module] = field(default_factory=dict)
-    called: set[int] = field(default_factory=set)  # modules put in by this swap whose first call was seen
+    places: dict[int, list[_Place]] = field(default_factory=dict)  # id(module put in) -> the places calling it
 
-    def module_call(self, entry: ScannedModule, call: FoundCall, taken: set[str], left: list[str]) -> Rewrite | None:
-        """A call of a module this swap put in: the first call keeps it; every further call gets its own (or,
-        when `exclude` leaves that place out, the activation it replaced), under a new name in the caller."""
-        if id(call.module) not in self.called:
-            self.called.add(id(call.module))
-            if call.rebind is None:
-                return None  # nothing to change
+    def module_call(
+        self, entry: ScannedModule, method: ScannedMethod, call: FoundCall, taken: set[str], left: list[str]
+    ) -> Rewrite | None:
+        """A call of a module this swap put in: the first place keeps it; each further place gets its own (or,
+        when `exclude` leaves that place out, the activation it replaced), under a new name in the caller; a
+        place that never runs in the same call as the others of a module (another arm of an `if`) shares it."""
+        places = self.places.setdefault(id(call.module), [])
+        for place in places:
+            if place.joins(entry.module, method, call):
+                place.calls.append(call)
+                return place.rewrite(call)
+        if not places:
             path = ".".join(dotted_call(call.node)[1:])
-            return Rewrite(call.position, "rename", path, call.rebind, call.rebind_if)
+            places.append(_Place(entry.module, method, path, [call]))
+            return places[0].rewrite(call)
         name = _unique_name(entry.module, call.base_name, taken)
         full = _join(entry.prefix, name)
         old = self.swapped[id(call.module)]
         self.add(entry, name, self.make(old, full, entry.module) if self.selected(full) else old, old)
-        return Rewrite(call.position, "rename", name, call.rebind, call.rebind_if)
+        places.append(_Place(entry.module, method, name, [call]))
+        return places[-1].rewrite(call)
 
     def functional_call(
-        self, entry: ScannedModule, call: FoundCall, taken: set[str], left: list[str]
+        self, entry: ScannedModule, method: ScannedMethod, call: FoundCall, taken: set[str], left: list[str]
     ) -> Rewrite | None:
         """A functional call or Tensor method: a new module of its own, unless `exclude` leaves it out or it
         cannot be rewritten faithfully (then it stays as written and the warning names it)."""
@@ -167,7 +197,7 @@ def _scan(
     method_names = {n for m in model.modules() for n in _own_methods(type(m))}
     interesting = forms.names | swapped_names | method_names
     skipped: list[str] = []  # TorchScript modules and the modules this swap put in: nothing inside is read
-    for prefix, module in model.named_modules():
+    for prefix, module in list(model.named_modules()):  # the modules before this step added any
         if any(prefix.startswith(p + ".") or p == "" for p in skipped):
             continue
         if isinstance(module, torch.jit.ScriptModule) or id(module) in swapped:
