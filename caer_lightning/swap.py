@@ -118,12 +118,15 @@ def swap_activations(
 
     new_modules: dict[int, nn.Module] = {}  # id(new) -> the module it replaced
     undo: list[Callable[[], None]] = []  # a refused swap leaves the model as it was
+    notes: list[str] = []  # calls left as they are, and why
     try:
-        _swap_sites(model, classes, forms, selected, make, new_modules, undo)
+        _swap_sites(model, classes, forms, selected, make, new_modules, undo, notes)
     except Exception:
         for step in reversed(undo):
             step()
         raise
+    for note in notes:
+        warnings.warn(f"swap_activations: {note}", UserWarning, stacklevel=2)
 
     replaced = {name: class_path(type(new_modules[id(m)])) for name, m in model.named_modules() if id(m) in new_modules}
     if not replaced and not any(isinstance(m, CAReLU) for m in model.modules()):
@@ -140,6 +143,7 @@ def _swap_sites(
     make: Callable[[nn.Module, str, nn.Module], nn.Module],
     new_modules: dict[int, nn.Module],
     undo: list[Callable[[], None]],
+    notes: list[str],
 ) -> None:
     """The three kinds of call sites, in order: function attributes, modules, then calls found in the source of
     the methods modules run (which splits modules called at several places). Each change appends how to revert
@@ -173,7 +177,7 @@ def _swap_sites(
             undo.append(functools.partial(setattr, parent, child, module))
             new_modules[id(new)] = module
 
-    new_modules.update(split_call_sites(model, classes, new_modules, selected, make, undo))
+    new_modules.update(split_call_sites(model, classes, new_modules, selected, make, undo, notes))
 
 
 def _check_parameter_free(module: nn.Module, name: str) -> None:

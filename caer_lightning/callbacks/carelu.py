@@ -17,8 +17,8 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -582,8 +582,8 @@ def _record_call_place(places: set[tuple[str, int, int]], module: nn.Module, arg
     and the id of the object whose method made the call."""
     if torch.compiler.is_compiling():
         return
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == _MODULE_FILE:
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_code.co_filename in _CALL_MACHINERY:
         frame = frame.f_back
     if frame is not None:
         code = frame.f_code
@@ -591,7 +591,7 @@ def _record_call_place(places: set[tuple[str, int, int]], module: nn.Module, arg
         places.add((where, frame.f_lasti, id(frame.f_locals.get("self"))))
 
 
-_MODULE_FILE = nn.Module.__call__.__code__.co_filename
+_CALL_MACHINERY = {__file__, inspect.getfile(torch.nn.modules.module)}  # this hook, nn.Module.__call__
 
 
 def _holder(optimizers: Sequence[torch.optim.Optimizer], params: Sequence[nn.Parameter]) -> int | None:

@@ -68,6 +68,8 @@ def find_calls(
 
 
 class _Finder:
+    """Walks one method's syntax tree, classifying every call (see `find_calls`)."""
+
     def __init__(self, source: MethodSource, module: nn.Module, forms: Forms, swapped: Mapping[int, nn.Module]) -> None:
         self.source, self.module, self.forms, self.swapped = source, module, forms, swapped
         self.self_name = source.self_name
@@ -104,7 +106,8 @@ class _Finder:
             self.add_method_call(call, hidden)
 
     def classify_on_self(self, call: ast.Call, chain: list[str]) -> None:
-        """`self.a.b(...)`: a module this swap made (a site), a method of a module, or a Tensor method."""
+        """`self.a.b(...)`: a module this swap put in (a site), a method of a module (read next), or a Tensor
+        method of a tensor attribute (`self.weight.relu()`)."""
         owner = _submodule(self.module, chain[1:-1])
         if owner is None:
             if call.func.attr in self.forms.methods:  # e.g. self.weight.relu(): a Tensor attribute
@@ -122,8 +125,6 @@ class _Finder:
             return
         if len(chain) > 1 and isinstance(getattr(type(owner), attribute, None), types.FunctionType):
             self.found.methods.append((owner, attribute))
-        elif len(chain) > 1 and attribute in self.forms.methods and not isinstance(owner, nn.Module):
-            self.add_method_call(call, hidden=False)
 
     def add_function_call(self, call: ast.Call, function: object, target: type[nn.Module], hidden: bool) -> None:
         name = getattr(function, "__name__", "activation").rstrip("_")

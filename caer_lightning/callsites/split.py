@@ -5,19 +5,19 @@ A call site is a place in the source. The methods read are `forward` (and Lightn
 whose class is not PyTorch's own, and the methods those call (`self.forward_features(x)`,
 `self.backbone.forward_head(x)`). In them:
 - each functional call (`F.relu(x)`, `torch.relu(x)`, `x.relu()`) gets a new module (`relu`, `relu_1`, ...);
-- a module this swap created that is called at several places keeps its name at the first, and each further
-  place gets a new module (`relu_1`, `block_act`, ...), in the module whose method makes the call;
+- a module this swap put in that is called at several places keeps its name at the first, and each further
+  place gets a new module (`relu_1`, `block_act`, ...), in the module whose method makes the call; places that
+  never run in the same call (the arms of one `if`, see `branches`) share one;
 - an in-place call on a name (`F.relu_(x)`) assigns its result to that name, so later readers see it.
 The module keeps its class; each rewritten method becomes an instance attribute running the method's own source
 with only those call expressions changed. Calls that cannot be rewritten faithfully stay as they are, and one
-warning per module names them and says why.
+note per module names them and says why.
 """
 
 from __future__ import annotations
 
 import inspect
 import types
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +46,8 @@ Make = Callable[[nn.Module, str, nn.Module], nn.Module]  # (what it stands for, 
 
 @dataclass
 class ScannedMethod:
+    """A method of a module that may run, and the activation calls in it not rewritten yet."""
+
     owner: type  # the class whose __dict__ holds the function
     name: str
     calls: list[FoundCall]
@@ -53,6 +55,8 @@ class ScannedMethod:
 
 @dataclass
 class ScannedModule:
+    """A module whose methods hold activation calls, or whose calls cannot be read."""
+
     prefix: str
     module: nn.Module
     methods: list[ScannedMethod] = field(default_factory=list)
@@ -66,12 +70,14 @@ def split_call_sites(
     selected: Callable[[str], bool],
     make: Make,
     undo: list[Callable[[], None]],
+    notes: list[str],
 ) -> dict[int, nn.Module]:
     """Rewrite the activation call sites of `model` (see the module docstring). `swapped` maps the ids of the
     modules this swap already put in (modules, function attributes) to what they replaced. Returns the new
-    modules (id -> what each stands for); appends how to revert each change to `undo`."""
+    modules (id -> what each stands for); appends how to revert each change to `undo`, and what the user should
+    be told (calls left as they are) to `notes`."""
     sites = _Sites(swapped, selected, make, undo)
-    for entry in _scan(model, Forms.of(classes), classes, swapped):
+    for entry in _scan(model, Forms.of(classes), classes, swapped, notes):
         taken: set[str] = set()  # names given in this module
         plans: dict[tuple[type, str], list[Rewrite]] = {}
         left: list[str] = list(entry.problems)
@@ -84,7 +90,11 @@ def split_call_sites(
         for (owner, name), rewrites in plans.items():
             sites.install(entry, owner, name, rewrites, left)
         if left:
-            _warn_left(entry, left)
+            notes.append(
+                f"in {_label(entry.module, entry.prefix)}, these activation calls stay as they are (they keep "
+                f"computing the original activation): {'; '.join(left)}. Give them an activation module (e.g. "
+                "self.act = nn.ReLU() called in forward), or keep them out with exclude."
+            )
     return sites.new_modules
 
 
@@ -167,16 +177,20 @@ class _Sites:
         before = module.__dict__.get(name)
         earlier = before.rewrites if isinstance(before, SiteMethod) else ()
         kept: list[Rewrite] = []
+        failed: list[Rewrite] = []
         for rewrite in rewrites:
             try:
                 rewritten(vars(owner)[name], (*earlier, *kept, rewrite))
                 kept.append(rewrite)
             except SyntaxError as error:
                 left.append(f"line {rewrite.position[0]}: its rewrite does not compile ({error.msg})")
-                added = _child(module, rewrite.module)
-                if added is not None and id(added) in self.new_modules:
-                    del self.new_modules[id(added)]
-                    delattr(module, rewrite.module)
+                failed.append(rewrite)
+        called = {r.module for r in (*earlier, *kept)}
+        for attribute in {r.module for r in failed} - called:  # a module only the dropped calls would call
+            added = dict(module.named_children()).get(attribute)
+            if added is not None and id(added) in self.new_modules:
+                del self.new_modules[id(added)]
+                delattr(module, attribute)
         module.__dict__[name] = SiteMethod(module, owner, name, (*earlier, *kept))
         self.undo.append(lambda: module.__dict__.pop(name) if before is None else module.__dict__.update({name: before}))
 
@@ -189,13 +203,11 @@ class _Sites:
 
 
 def _scan(
-    model: nn.Module, forms: Forms, classes: tuple[type[nn.Module], ...], swapped: dict[int, nn.Module]
+    model: nn.Module, forms: Forms, classes: tuple[type[nn.Module], ...], swapped: dict[int, nn.Module],
+    notes: list[str],
 ) -> Iterator[ScannedModule]:
     """Every module whose methods may hold call sites, in model order, with the calls of the methods it runs."""
-    reached: dict[int, list[str]] = defaultdict(list)  # methods other modules call on a module
-    swapped_names = {name.rpartition(".")[2] for name, m in model.named_modules() if id(m) in swapped}
-    method_names = {n for m in model.modules() for n in _own_methods(type(m))}
-    interesting = forms.names | swapped_names | method_names
+    reader = _MethodReader(model, forms, swapped)
     skipped: list[str] = []  # TorchScript modules and the modules this swap put in: nothing inside is read
     for prefix, module in list(model.named_modules()):  # the modules before this step added any
         if any(prefix.startswith(p + ".") or p == "" for p in skipped):
@@ -203,15 +215,29 @@ def _scan(
         if isinstance(module, torch.jit.ScriptModule) or id(module) in swapped:
             skipped.append(prefix)
             if isinstance(module, torch.jit.ScriptModule):
-                _warn_scripted(module, prefix, classes)
+                notes.extend(_scripted(module, prefix, classes))
             continue
-        if isinstance(module, CAReLU):
-            continue
-        methods = _own_methods(type(module))
-        if not methods:
-            continue
+        if not isinstance(module, CAReLU):
+            entry = reader.read(prefix, module)
+            if entry.methods or entry.problems:
+                yield entry
+
+
+class _MethodReader:
+    """Reads the methods each module runs: its root methods, those they call on it, and those other modules'
+    methods call on it (`self.backbone.forward_head(x)`)."""
+
+    def __init__(self, model: nn.Module, forms: Forms, swapped: dict[int, nn.Module]) -> None:
+        self.forms, self.swapped = forms, swapped
+        self.reached: dict[int, list[str]] = defaultdict(list)  # methods other modules call on a module
+        swapped_names = {name.rpartition(".")[2] for name, m in model.named_modules() if id(m) in swapped}
+        self.activations = forms.names | swapped_names  # names an activation call is written with
+        self.interesting = self.activations | {n for m in model.modules() for n in _own_methods(type(m))}
+
+    def read(self, prefix: str, module: nn.Module) -> ScannedModule:
         entry = ScannedModule(prefix, module)
-        queue = [name for name in ROOT_METHODS if name in methods] + reached.pop(id(module), [])
+        methods = _own_methods(type(module))
+        queue = [name for name in ROOT_METHODS if name in methods] + self.reached.pop(id(module), [])
         done: set[str] = set()
         while queue:
             name = queue.pop(0)
@@ -223,28 +249,22 @@ def _scan(
             if instance is not None and not isinstance(instance, SiteMethod):
                 continue  # an instance attribute runs instead of the class's method
             names = _names(inspect.unwrap(function).__code__)
-            if not names & interesting:
+            if not names & self.interesting:
                 continue
-            activations = forms.names | swapped_names
             try:
                 source = read_method(function)
             except SourceUnavailable as reason:
-                if names & activations:
+                if names & self.activations:
                     entry.problems.append(f"{owner.__qualname__}.{name}: {reason}")
                 continue
             if "super" in names:
-                entry.problems.extend(_reached_through_super(type(module), owner, names, activations))
-            found = find_calls(source, module, forms, swapped)
+                entry.problems.extend(_reached_through_super(type(module), owner, names, self.activations))
+            found = find_calls(source, module, self.forms, self.swapped)
             done_positions = {r.position for r in instance.rewrites} if isinstance(instance, SiteMethod) else set()
-            calls = [c for c in found.calls if c.position not in done_positions]
-            entry.methods.append(ScannedMethod(owner, name, calls))
+            entry.methods.append(ScannedMethod(owner, name, [c for c in found.calls if c.position not in done_positions]))
             for target, method_name in found.methods:
-                if target is module:
-                    queue.append(method_name)
-                else:
-                    reached[id(target)].append(method_name)
-        if entry.methods or entry.problems:
-            yield entry
+                (queue if target is module else self.reached[id(target)]).append(method_name)
+        return entry
 
 
 def _reached_through_super(cls: type, owner: type, names: set[str], activations: frozenset[str]) -> list[str]:
@@ -287,8 +307,8 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _warn_scripted(module: nn.Module, prefix: str, classes: tuple[type[nn.Module], ...]) -> None:
-    """A TorchScript module runs compiled code that cannot be rewritten: say so if it may call a target."""
+def _scripted(module: nn.Module, prefix: str, classes: tuple[type[nn.Module], ...]) -> list[str]:
+    """A TorchScript module runs compiled code that cannot be rewritten: a note if it may call a target."""
     try:
         graph = str(module.inlined_graph)
     except (AttributeError, RuntimeError):
@@ -296,29 +316,14 @@ def _warn_scripted(module: nn.Module, prefix: str, classes: tuple[type[nn.Module
     operators = [op for cls in classes for op in _SCRIPT_OPERATORS.get(cls, ())]
     found = sorted({op for op in operators if op + "(" in graph or op + "_(" in graph})
     unknown = [c.__name__ for c in classes if c not in _SCRIPT_OPERATORS]
-    if found or unknown:
-        what = f"calls {', '.join(found)}" if found else f"may call {', '.join(unknown)}"
-        warnings.warn(
-            f"swap_activations: {_label(module, prefix)} is a TorchScript module (torch.jit.script/trace) and {what}; "
-            "its compiled code cannot be rewritten, so its activations stay as they are. Swap the module before "
-            "scripting it, or keep it out with exclude.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
-def _warn_left(entry: ScannedModule, left: list[str]) -> None:
-    warnings.warn(
-        f"swap_activations: in {_label(entry.module, entry.prefix)}, these activation calls stay as they are (they "
-        f"keep computing the original activation): {'; '.join(left)}. Give them an activation module (e.g. "
-        "self.act = nn.ReLU() called in forward), or keep them out with exclude.",
-        UserWarning,
-        stacklevel=4,
-    )
-
-
-def _child(module: nn.Module, name: str) -> nn.Module | None:
-    return dict(module.named_children()).get(name)
+    if not (found or unknown):
+        return []
+    what = f"calls {', '.join(found)}" if found else f"may call {', '.join(unknown)}"
+    return [
+        f"{_label(module, prefix)} is a TorchScript module (torch.jit.script/trace) and {what}; its compiled code "
+        "cannot be rewritten, so its activations stay as they are. Swap the module before scripting it, or keep it "
+        "out with exclude."
+    ]
 
 
 def _unique_name(module: nn.Module, base: str, taken: set[str]) -> str:
