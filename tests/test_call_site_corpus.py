@@ -304,6 +304,24 @@ class Child(Parent):
         return super().forward(x).relu_() + F.relu(-x)
 
 
+def forward_written_elsewhere(self, x):
+    return F.relu(self.a(x)) - 0.5
+
+
+class BorrowedForward(nn.Module):
+    """A method defined at module level (not indented in its source) and assigned in the class body."""
+
+    forward = forward_written_elsewhere
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+
+def test_a_method_defined_outside_the_class():
+    swap_and_compare(BorrowedForward(), [(x(2, 4),)], ["relu"])
+
+
 def test_super_and_private_names():
     """super() needs the original __class__ cell; self.__scale must stay mangled as _Parent__scale."""
     model = Child()
@@ -337,12 +355,19 @@ class InPlace(nn.Module):
         F.relu(v, inplace=self.inplace)
         u = v + 0.25
         self.act(u)
-        return y + z + w + v + u + F.relu(self.b(x), inplace=True)
+        t = u - 0.75
+        F.relu(t, True)  # in place, positionally
+        t = F.relu(t * 2, inplace=True)  # the result takes the name's place: nothing to rebind
+        return y + z + w + v + u + t + F.relu(self.b(x), inplace=True)
 
 
 def test_in_place_calls_whose_input_is_read_later():
     model = InPlace()
-    swapped = swap_and_compare(model, [(x(3, 4),)], ["act", "relu", "relu_1", "relu_2", "relu_3", "relu_4"])
+    names = ["act", "relu", "relu_1", "relu_2", "relu_3", "relu_4", "relu_5", "relu_6"]
+    swapped = swap_and_compare(model, [(x(3, 4),)], names)
+    rebound = {r.module: r.rebind for r in swapped.forward.rewrites}
+    assert rebound == {"relu": "y", "relu_1": "z", "relu_2": "w", "relu_3": "v", "act": "u", "relu_4": "t",
+                       "relu_5": None, "relu_6": None}
     model.inplace = swapped.inplace = False  # decided when it runs
     assert_same(model, swapped, [(x(3, 4),)])
 
@@ -358,12 +383,12 @@ class Imported(nn.Module):
     def forward(self, x):
         functional = F
         y = bare_relu(self.a(x)) + torch.nn.functional.relu(x - 1)
-        y = y + torch.Tensor.relu(x + 1) + functional.relu(x * 2)
+        y = y + torch.Tensor.relu(x + 1) + functional.relu(x * 2) + functional.relu(input=x * 3)
         return y
 
 
 def test_imported_names_and_aliases():
-    swap_and_compare(Imported(), [(x(2, 4),)], ["relu", "relu_1", "relu_2", "relu_3"])
+    swap_and_compare(Imported(), [(x(2, 4),)], ["relu", "relu_1", "relu_2", "relu_3", "relu_4"])
 
 
 class Shared(nn.Module):
@@ -379,19 +404,29 @@ class Shared(nn.Module):
         x = self.act(x - 0.1)
         for _ in range(n):
             x = self.act(x * 1.5 - 0.3)
-        return self.inner(x)
+        return self.inner(x) + self.inner.own(x + 0.4) + self.inner.features(x)
 
 
 class Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.own = nn.ReLU()
+
     def forward(self, x):
-        return self.shared(x - 0.2)
+        return self.own(self.shared(x - 0.2))
+
+    def features(self, x):  # called by the parent only: read because the parent calls it
+        return F.relu(x - 0.6)
 
 
 def test_module_called_at_several_places_gets_one_per_place():
+    """Twice in forward (once in a loop), through a child's method, and a child's module called by the parent
+    too (`self.inner.own(...)`: the parent's place comes first in model order and keeps it, the child's own call
+    gets `inner.own_1`); a child's method only the parent calls (`inner.relu`)."""
     model = Shared()
-    swapped = swap_and_compare(model, [(x(2, 3),)], ["act", "inner.shared", "act_1"])
-    modules = {id(swapped.get_submodule(n)) for n in ("act", "act_1", "inner.shared")}
-    assert len(modules) == 3, "each place has its own module"
+    names = ["act", "inner.own", "inner.shared", "inner.own_1", "inner.relu", "act_1"]
+    swapped = swap_and_compare(model, [(x(2, 3),)], names)
+    assert len({id(swapped.get_submodule(n)) for n in names}) == len(names), "each place has its own module"
 
 
 class ExclusiveArms(nn.Module):
@@ -410,6 +445,31 @@ class ExclusiveArms(nn.Module):
             return self.act(self.reparam(x))
         y = self.act(self.a(x))  # never runs with the call above: the same module
         return y * self.act(y - 1) if self.gate_last else self.act(y + 1) * y  # runs with the one above: a new one
+
+
+class NotExclusive(nn.Module):
+    """Places that can run in one call: after an `if` arm that does not return, after a loop that returns
+    (it may run no iteration), and inside one arm and after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act, self.flag, self.n = nn.ReLU(), True, 1
+
+    def forward(self, x):
+        if self.flag:
+            x = self.act(x - 0.1)
+        x = self.act(x * 2)
+        for _ in range(self.n):
+            return self.act(x + 0.3)
+        return -x
+
+
+def test_places_that_can_run_together_get_their_own_modules():
+    model = NotExclusive()
+    swapped = swap_and_compare(model, [(x(2, 4),)], ["act", "act_1", "act_2"])
+    model.n = swapped.n = 0
+    model.flag = swapped.flag = False
+    assert_same(model, swapped, [(x(2, 4),)])
 
 
 def test_calls_in_exclusive_arms_share_the_module():
@@ -514,8 +574,45 @@ class InPlaceOnAttribute(nn.Module):
         return out[0] + torch.relu(x)
 
 
+class InPlaceOnView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.a(x)
+        F.relu_(y.view(-1))  # changes y through a view
+        return y + torch.relu(x)
+
+
+class LambdaForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    forward = lambda self, x: F.relu(self.a(x))  # noqa: E731
+
+
+class HiddenSelf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        def shifted(self, t):  # its own `self`: not the module
+            return F.relu(t - self) + t.relu()
+
+        return shifted(0.5, self.a(x)) + torch.relu(x)
+
+
 @pytest.mark.parametrize("cls,expected_names,reason,expected", [
     (Wrapped, [], r"Wrapped\.forward: it is wrapped by a decorator", lambda m, y: torch.relu(m.a(y))),
+    (LambdaForward, [], r"LambdaForward\.forward: its source is not a plain `def`", lambda m, y: torch.relu(m.a(y))),
+    (InPlaceOnView, ["1.relu_1"], r"`F\.relu_\(y\.view\(-1\)\)`: it works in place on `y\.view\(-1\)`",
+     lambda m, y: torch.relu(m.a(y)) + 2 * torch.relu(y)),
+    (HiddenSelf, ["1.relu_2"], r"line \d+, `F\.relu\(t - self\)`: it is inside a nested function whose own `self`"
+     r".*`t\.relu\(\)`: the module is not reachable",
+     lambda m, y: torch.relu(m.a(y) - 0.5) + m.a(y).relu() + 2 * torch.relu(y)),
     (Generated, [], r"forward: its source cannot be read", lambda m, y: torch.relu(m.a(y))),
     (InPlaceOnAttribute, ["1.relu_1"], r"line \d+, `out\[0\]\.relu_\(\)`: it works in place on `out\[0\]`",
      lambda m, y: torch.relu(m.a(y)) + 2 * torch.relu(y)),
@@ -558,6 +655,94 @@ def test_default_carelu_sites_equal_relu_bitwise():
             model.train(mode), swapped.train(mode)
             with torch.no_grad():
                 assert torch.equal(swapped(*inputs), model(*inputs))
+
+
+def test_each_site_knows_its_name_and_the_factory_gets_what_it_replaces():
+    model = nn.Sequential(nn.LeakyReLU(0.25), Shared())
+    seen = {}
+
+    def factory(old):
+        module = CAReLU(alpha_init=getattr(old, "negative_slope", 0.0))
+        seen[id(module)] = old
+        return module
+
+    names = swap_activations(model, (nn.LeakyReLU, nn.ReLU), factory=factory)
+    assert names == ["0", "1.act", "1.inner.own", "1.inner.shared", "1.inner.own_1", "1.inner.relu", "1.act_1"]
+    layers = {n: model.get_submodule(n) for n in names}
+    assert all(layer.site_name == n for n, layer in layers.items())
+    assert layers["0"].alpha.item() == 0.25
+    olds = {n: seen[id(layer)] for n, layer in layers.items()}
+    assert type(olds["1.inner.relu"]) is nn.ReLU and olds["1.act"] is olds["1.act_1"], "the module it replaced"
+
+
+def test_exclude_a_functional_site_keeps_it_and_the_other_names():
+    model = nn.Sequential(nn.Linear(4, 4), Imported())
+    swapped = copy.deepcopy(model)
+    names = swap_activations(swapped, exclude=r"^1\.relu_1$", factory=twice)
+    assert names == ["1.relu", "1.relu_2", "1.relu_3", "1.relu_4"] and not hasattr(swapped[1], "relu_1")
+    with torch.no_grad():  # relu_1 (torch.nn.functional.relu(x - 1)) stays ReLU: subtract its doubling
+        expected_inner = model[1](model[0](x(2, 4)))
+        with TwiceEveryReLU():
+            doubled = model[1](model[0](x(2, 4)))
+        once = torch.relu(model[0](x(2, 4)) - 1)
+        assert torch.equal(swapped(x(2, 4)), doubled - 2 * once + once)
+        assert not torch.equal(swapped(x(2, 4)), expected_inner)
+
+
+def test_the_model_itself_as_a_target_is_refused():
+    with pytest.raises(ValueError, match=r"the model itself \(ReLU\) is a target; swap inside a container"):
+        swap_activations(nn.ReLU())
+
+
+def test_a_refused_swap_undoes_rewritten_methods_and_added_modules():
+    """The factory fails at the second module's call: the first module's rewrite and new module are undone."""
+    model = nn.Sequential(Imported(), nn.ReLU(), TensorChecks())
+
+    def factory(old):
+        if len(made) == 6:
+            return "not a module"
+        made.append(1)
+        return TwiceReLU()
+
+    made: list[int] = []
+    before = copy.deepcopy(model)
+    with pytest.raises(ValueError, match=r"factory returned str, not an nn\.Module, for '2\.relu'"):
+        swap_activations(model, factory=factory)
+    assert "forward" not in vars(model[0]) and not any(hasattr(model[0], f"relu{s}") for s in ("", "_1", "_4"))
+    assert type(model[1]) is nn.ReLU and "forward" not in vars(model[2]) and not hasattr(model[2], "relu")
+    assert [n for n, _ in model.named_modules()] == [n for n, _ in before.named_modules()]
+
+
+def test_an_instance_attribute_forward_is_left_to_run():
+    """A forward set on the instance (not the class) runs instead of the class's: it is not replaced."""
+    model = TensorChecks()
+    model.forward = lambda x: torch.relu(model.a(x)) * 3
+    swap_activations(nn.Sequential(model, nn.ReLU()), factory=twice)
+    with torch.no_grad():
+        assert torch.equal(model(x(2, 4)), torch.relu(model.a(x(2, 4))) * 3)
+
+
+def test_a_second_swap_keeps_the_first_swaps_rewrites():
+    class Mixed(nn.Module):
+        def forward(self, x):
+            return F.gelu(F.relu(x) - 0.5) + F.relu(-x)
+
+    model = Mixed()
+    first = swap_activations(model, factory=twice)
+    second = swap_activations(model, (nn.GELU,), factory=lambda old: TwiceReLU())
+    assert first == ["relu", "relu_1"] and second == ["gelu"]
+    with torch.no_grad():
+        z = x(3, 4)
+        assert torch.equal(model(z), 2 * torch.relu(2 * torch.relu(z) - 0.5) + 2 * torch.relu(-z))
+
+
+def test_modules_whose_calls_need_no_rewrite_keep_their_forward():
+    """One activation module per site (timm's ResNet): nothing is rewritten, no forward is replaced."""
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=4)
+    assert len(swap_activations(model)) == 17
+    assert not any(isinstance(vars(m).get("forward"), functools.partial) for m in model.modules())
 
 
 def test_gradients_reach_every_site():

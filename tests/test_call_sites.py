@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import types
 import warnings
 
 import lightning.pytorch as pl
@@ -127,14 +128,15 @@ def test_a_target_holding_parameters_is_refused_and_the_model_left_as_it_was(tar
     change made before the refusal (a function attribute, a rewritten forward) is undone."""
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     held = nn.PReLU() if target is nn.PReLU else nn.Linear(8, 8)
-    model = nn.Sequential(layer, FunctionalConvNet(), held)
+    relu = nn.ReLU()
+    model = nn.Sequential(layer, FunctionalConvNet(), relu, held)
     flag = layer.activation_relu_or_gelu
     with pytest.raises(ValueError, match=rf"{target.__name__}: '[\w.]+' holds parameters or buffers \(weight"):
         swap_activations(model, (nn.ReLU, target))
     assert carelu_names(model) == [] and layer.activation is F.relu
     assert layer.activation_relu_or_gelu == flag, "the fast path is restored"
     assert "forward" not in vars(model[1]) and not hasattr(model[1], "relu")
-    assert model[2] is held
+    assert model[2] is relu and model[3] is held
 
 
 class FunctionalModule(pl.LightningModule):
@@ -290,6 +292,36 @@ def test_hugging_face_save_pretrained_round_trip(tmp_path):
         fresh = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "caer_lightning"})
         transformers.BertForSequenceClassification(fresh).save_pretrained(tmp_path / "plain")
         from_pretrained(transformers.BertForSequenceClassification, tmp_path / "plain")
+    holder.bert.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    (tmp_path / "bin").mkdir()  # the format older transformers saved by default
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "config.json").read_text())
+    torch.save(holder.bert.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    for form in ("sharded", "bin"):
+        with torch.no_grad():
+            again = from_pretrained(transformers.BertForSequenceClassification, tmp_path / form).eval()
+            assert torch.equal(again(ids).logits, expected), form
+
+
+class PretrainedLike(nn.Module):
+    """What the record needs of a Hugging Face model: `save_pretrained` and a `config` with `to_dict`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = types.SimpleNamespace(to_dict=dict)
+        self.net = FunctionalConvNet()
+
+    def save_pretrained(self, path):  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+def test_the_pretrained_record_names_each_layer_relative_to_its_model():
+    holder = nn.Sequential(nn.ReLU(), PretrainedLike())
+    swap_activations(holder, factory=lambda old: CAReLU(variant="count", K=3.0))
+    record = holder[1].config.caer_lightning["layers"]
+    relu = "torch.nn.modules.activation.ReLU"
+    expected = {"replaces": relu, "variant": "count", "reduction": "sample", "K": 3.0, "eps": 1e-6}
+    assert record == {"net.relu": expected, "net.relu_1": expected}
 
 
 def test_ddp_spawn_with_rewritten_call_sites(tmp_path):

@@ -11,6 +11,7 @@ from torch.optim import lr_scheduler
 
 from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
 from caer_lightning.checkpoint import restore_swaps
+from caer_lightning.record import layers_in_state_dict
 from caer_lightning.models import TimmClassifier
 from helpers import TinyNet, loader, trainer
 
@@ -170,3 +171,26 @@ def test_timm_classifier_load_from_checkpoint_rebuilds_the_swap(tmp_path):
     x = loader(seed=4).dataset.tensors[0]
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_load_checkpoint_rebuilds_a_swap_made_with_include(tmp_path):
+    model = TinyNet()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    trainer(callbacks=[CAReLUCallback(include=r"net\.5", variant="l1"), checkpoints], max_steps=2,
+            enable_checkpointing=True).fit(model, loader())
+    loaded = load_checkpoint(TinyNet, tmp_path / "last.ckpt").eval()
+    assert list(carelu_values(loaded)) == ["net.5"] and isinstance(loaded.net[2], torch.nn.ReLU)
+    x = loader(seed=5).dataset.tensors[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_layers_in_a_state_dict_are_told_from_other_modules_with_alpha_and_beta():
+    class Scaled(torch.nn.Module):  # a user's own layer with parameters named alpha and beta
+        def __init__(self) -> None:
+            super().__init__()
+            self.alpha, self.beta = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.zeros(1))
+
+    model = torch.nn.Sequential(Scaled(), CAReLU(), torch.nn.ReLU())
+    state = {**model.state_dict(), "2.alpha": torch.zeros(()), "2.beta": torch.zeros(()), "3.alpha": torch.ones(())}
+    assert layers_in_state_dict(state, model) == ["1", "2"]

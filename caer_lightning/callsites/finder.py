@@ -14,7 +14,7 @@ from typing import Literal
 from torch import nn
 
 from caer_lightning.callsites.branches import Path, ancestry, path_of
-from caer_lightning.callsites.forms import Forms, InPlace, call_input, in_place
+from caer_lightning.callsites.forms import VIEW_METHODS, Forms, InPlace, call_input, in_place
 from caer_lightning.callsites.source import MethodSource
 
 Kind = Literal["function", "method", "module"]
@@ -155,8 +155,9 @@ class _Finder:
     ) -> tuple[str | None, Position | None, str | None]:
         """(name to rebind, position of the flag deciding it, problem) for a call that may work in place on
         `target`, whose new value must reach later readers of `target`: a plain name is assigned the result; a
-        temporary (a call's result) needs nothing; anything else (an attribute, an element) cannot be followed."""
-        if mode is False or target is None or isinstance(target, ast.Call):
+        computed temporary (`self.bn(x)`, `x * 2`) needs nothing; anything else (an attribute, an element, a view
+        such as `x.view(-1)`) cannot be followed."""
+        if mode is False or target is None or _temporary(target):
             return None, None, None
         if isinstance(target, ast.Name):
             if not self.needs_rebinding(call, target):
@@ -198,6 +199,16 @@ class _Finder:
                 return _UNRESOLVED
             value = getattr(value, attribute, _UNRESOLVED)
         return value
+
+
+def _temporary(node: ast.expr) -> bool:
+    """Whether `node` computes a new tensor no name holds: an arithmetic result, or a call that is not a view
+    method (`x.view(...)`, `x.detach()`, ... share the receiver's storage)."""
+    if isinstance(node, (ast.BinOp, ast.UnaryOp)):
+        return True
+    if isinstance(node, ast.Call):
+        return not (isinstance(node.func, ast.Attribute) and node.func.attr in VIEW_METHODS)
+    return False
 
 
 def dotted_call(call: ast.Call) -> list[str]:

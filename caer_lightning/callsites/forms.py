@@ -25,6 +25,13 @@ FUNCTIONAL_FORMS: dict[type[nn.Module], tuple[tuple[Callable, ...], tuple[str, .
     nn.Hardswish: ((F.hardswish,), ()),
 }
 IN_PLACE_FUNCTIONS = frozenset({F.relu_, torch.relu_, torch.Tensor.relu_, F.leaky_relu_, F.elu_})
+# Tensor methods whose result may share the receiver's storage: an in-place call on it changes the receiver.
+VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "t",
+    "permute", "movedim", "narrow", "select", "split", "chunk", "unbind", "expand", "expand_as", "as_strided",
+    "detach", "contiguous", "unfold", "diagonal", "swapaxes", "swapdims", "mT", "T", "real", "imag", "view_as_real",
+    "to", "type_as", "float", "half", "bfloat16", "double",
+})
 
 # Whether a call works in place: yes, no, or only known when it runs (`inplace=self.inplace`).
 InPlace = Union[bool, ast.expr]

@@ -15,7 +15,7 @@ import torch
 
 from caer_lightning.callsites.finder import Position, position_of
 from caer_lightning.callsites.forms import FUNCTIONAL_FORMS, call_input
-from caer_lightning.callsites.source import read_method
+from caer_lightning.callsites.source import clear_sources, read_method
 
 # Every functional form: a routed call (`g.relu(x)` with `g` known only when it runs) whose callee is one of them
 # applies the activation.
@@ -107,6 +107,12 @@ def _argument_at(call: ast.Call, position: Position) -> ast.expr:
 _COMPILED: weakref.WeakKeyDictionary[types.FunctionType, dict[tuple[Rewrite, ...], types.FunctionType]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def clear_caches() -> None:
+    """Forget every source read and rewrite compiled (they are rebuilt on demand)."""
+    _COMPILED.clear()
+    clear_sources()
 
 
 def rewritten(function: types.FunctionType, rewrites: tuple[Rewrite, ...]) -> types.FunctionType:

@@ -61,6 +61,10 @@ class MethodSource:
 _CACHE: weakref.WeakKeyDictionary[types.FunctionType, MethodSource | SourceUnavailable] = weakref.WeakKeyDictionary()
 
 
+def clear_sources() -> None:
+    _CACHE.clear()
+
+
 def read_method(function: types.FunctionType) -> MethodSource:
     """The source of `function`; raises SourceUnavailable when it cannot be read or does not compile to the code
     that runs (a decorator that wraps the method, code generated at run time, a file edited since import)."""
