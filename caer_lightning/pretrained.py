@@ -1,11 +1,9 @@
 """Hugging Face `save_pretrained` / `from_pretrained` round trips of swapped models.
 
-`swap_activations` writes what it swapped into the `config` of every Hugging Face model it reaches
-(`config.caer_lightning`: each CAReLU layer, relative to that model, with the class it replaced and its
-configuration), so `model.save_pretrained(path)` saves the record in `config.json` next to alpha and beta.
+`model.save_pretrained(path)` of a swapped model keeps the swap in `config.json` (see `hf_record`).
 `from_pretrained(ModelClass, path)` builds the model as `ModelClass.from_pretrained` does, swaps the recorded
-layers back in and loads their alpha and beta from the saved weights. Only this module's loader imports
-transformers (and safetensors); recording is duck-typed, so the swap needs neither.
+layers back in and loads their alpha and beta from the saved weights. safetensors and huggingface_hub (both
+transformers dependencies) are imported only when it runs.
 """
 
 from __future__ import annotations
@@ -20,48 +18,14 @@ import torch
 from torch import nn
 
 from caer_lightning.activation import CAReLU
-
-RECORD = "caer_lightning"  # the config attribute (and config.json key) that holds the record
-
-
-def pretrained_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(prefix, module) of the outermost Hugging Face models inside `model`: modules with `save_pretrained` and a
-    `config` that serialises with `to_dict` (an inner one, e.g. BertForSequenceClassification's `bert`, shares
-    the outer one's config)."""
-    found: list[tuple[str, nn.Module]] = []
-    for prefix, module in model.named_modules():
-        inside = any(prefix.startswith(f"{outer}.") or outer == "" for outer, _ in found)
-        config = getattr(module, "config", None)
-        if not inside and callable(getattr(module, "save_pretrained", None)) and callable(getattr(config, "to_dict",
-                                                                                                  None)):
-            found.append((prefix, module))
-    return found
-
-
-def record_swaps(model: nn.Module, replaced: Mapping[str, str] | None = None) -> None:
-    """Add the CAReLU layers in `replaced` (qualified name -> import path of the class each replaced) to the
-    record in the config of every Hugging Face model that contains them, and bring the configuration of every
-    recorded layer up to date."""
-    replaced = replaced or {}
-    for prefix, pretrained in pretrained_models(model):
-        start = f"{prefix}." if prefix else ""
-        record = dict(getattr(pretrained.config, RECORD, None) or {})
-        layers = {n: layer["replaces"] for n, layer in record.get("layers", {}).items()}
-        layers.update({name[len(start):]: cls for name, cls in replaced.items() if name.startswith(start)})
-        layers = {n: cls for n, cls in layers.items() if isinstance(pretrained.get_submodule(n), CAReLU)}
-        if layers:
-            record["layers"] = {
-                n: {"replaces": cls, **pretrained.get_submodule(n).layer_config()} for n, cls in layers.items()
-            }
-            setattr(pretrained.config, RECORD, record)
+from caer_lightning.hf_record import RECORD
+from caer_lightning.record import configure_layers
+from caer_lightning.swap import swap_activations
 
 
 def from_pretrained(model_cls: Any, path: str | Path, **kwargs: Any) -> nn.Module:
     """`model_cls.from_pretrained(path, **kwargs)` with the CAReLU layers recorded in its config swapped back in
     and their alpha, beta loaded from the saved weights (a local folder, or a Hub id in the local cache)."""
-    from caer_lightning.record import configure_layers  # the swap machinery imports this module
-    from caer_lightning.swap import swap_activations
-
     model = model_cls.from_pretrained(path, **kwargs)
     record = getattr(model.config, RECORD, None)
     if not record or not record.get("layers"):

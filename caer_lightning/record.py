@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from caer_lightning.activation import LAYER_FIELDS, CAReLU
-from caer_lightning.pretrained import record_swaps
+from caer_lightning.hf_record import record_swaps
 from caer_lightning.swap import swap_activations
 
 STATE_KIND = "caer_lightning.CAReLUCallback"

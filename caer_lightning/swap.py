@@ -16,7 +16,7 @@ from caer_lightning.activation import CAReLU
 from caer_lightning.callsites.attributes import function_attributes, set_function_attribute
 from caer_lightning.callsites.forms import Forms
 from caer_lightning.callsites.split import split_call_sites
-from caer_lightning.pretrained import record_swaps
+from caer_lightning.hf_record import record_swaps
 
 Target = Union[type, str]
 Patterns = Union[str, Sequence[str], None]
@@ -131,7 +131,7 @@ def swap_activations(
     replaced = {name: class_path(type(new_modules[id(m)])) for name, m in model.named_modules() if id(m) in new_modules}
     if not replaced and not any(isinstance(m, CAReLU) for m in model.modules()):
         raise ValueError(_nothing_matched(model, classes, include, exclude))
-    record_swaps(model, replaced)  # Hugging Face models: save_pretrained keeps the record (caer_lightning.pretrained)
+    record_swaps(model, replaced)  # Hugging Face models: save_pretrained keeps the record (hf_record)
     return list(replaced)
 
 
