@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from caer_lightning.functional import carelu_parts, competition
-from caer_lightning.ops.common import check_finite_number, check_input_dims, check_options
+from caer_lightning.ops.common import check_finite_number, check_options
 
 # Σp, Σp², Σs, groups with s < 0, Σ|α·p + β| (how far tanh is into saturation), number of groups;
 # then HISTOGRAM_BINS counts of p.
@@ -69,13 +69,18 @@ class CAReLU(nn.Module):
         self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
 
     def forward(self, z: Tensor) -> Tensor:
-        check_input_dims(z, self.reduction, getattr(self, "site_name", None))
         # Exporting (torch.export, torch.onnx.export): plain ops, so the graph needs no custom op to run
         impl = "reference" if exporting() else self.impl
-        out, p, tanh = carelu_parts(
-            z, self.alpha, self.beta, K=self.K, variant=self.variant, reduction=self.reduction,
-            eps=self.eps, impl=impl,
-        )
+        try:
+            out, p, tanh = carelu_parts(
+                z, self.alpha, self.beta, K=self.K, variant=self.variant, reduction=self.reduction,
+                eps=self.eps, impl=impl,
+            )
+        except ValueError as error:  # an input this layer cannot take: say which layer
+            name = getattr(self, "site_name", None)
+            if name is None:
+                raise
+            raise ValueError(f"CAReLU {name!r}: {error}") from None
         if self.training and self.track_statistics:
             self._accumulate(p, self.K * tanh)
         return out

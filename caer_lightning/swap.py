@@ -125,12 +125,12 @@ def swap_activations(
         for step in reversed(undo):
             step()
         raise
-    for note in notes:
-        warnings.warn(f"swap_activations: {note}", UserWarning, stacklevel=2)
 
     replaced = {name: class_path(type(new_modules[id(m)])) for name, m in model.named_modules() if id(m) in new_modules}
     if not replaced and not any(isinstance(m, CAReLU) for m in model.modules()):
         raise ValueError(_nothing_matched(model, classes, include, exclude))
+    for note in notes:
+        warnings.warn(f"swap_activations: {note}", UserWarning, stacklevel=2)
     record_swaps(model, replaced)  # Hugging Face models: save_pretrained keeps the record (hf_record)
     return list(replaced)
 

@@ -30,22 +30,16 @@ def check_finite_number(argument: str, value: object) -> None:
         raise ValueError(f"{argument}={value!r} is not supported; accepted values: a finite number")
 
 
-def check_input_dims(z: Tensor, reduction: str, layer: str | None = None) -> None:
-    """Raise a ValueError (naming `layer` if given) when `z` has too few dims for `reduction`."""
+def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
+    """The dims reduced to one competition value p for `reduction` (see SPEC §1)."""
     need = _MIN_DIMS[reduction]
     if z.dim() < need:
         layout = {"sample": "(N, ...)", "channel": "(N, C, ...)", "token": "(..., C)"}[reduction]
-        where = f"CAReLU {layer!r}: " if layer else ""
         raise ValueError(
-            f"{where}reduction={reduction!r} needs an input with at least {need} dims {layout}, "
+            f"reduction={reduction!r} needs an input with at least {need} dims {layout}, "
             f"got shape {tuple(z.shape)}; accepted reductions for this input: "
             f"{', '.join(r for r, n in _MIN_DIMS.items() if z.dim() >= n)}"
         )
-
-
-def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
-    """The dims reduced to one competition value p for `reduction` (see SPEC §1)."""
-    check_input_dims(z, reduction)
     if reduction == "sample":
         return tuple(range(1, z.dim()))
     if reduction == "channel":
