@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
-from lightning.fabric.utilities.cloud_io import _load as load_file
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import nn
 
 from caer_lightning.record import carelu_layers, rebuild_swaps, recorded_swaps
@@ -24,6 +25,12 @@ def restore_swaps(module: nn.Module, checkpoint: dict[str, Any]) -> list[str]:
     return rebuild_swaps(module, swaps) if swaps else carelu_layers(module)
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at `path` (a local path or an fsspec URL), its tensors on the CPU."""
+    with get_filesystem(path).open(path, "rb") as file:
+        return torch.load(file, map_location="cpu", weights_only=False)  # a Lightning checkpoint holds more than tensors
+
+
 def load_checkpoint(module_cls: type[ModuleT], path: str | Path, **kwargs: Any) -> ModuleT:
     """Load `module_cls` from a checkpoint written by a run with CAReLUCallback.
 
@@ -31,7 +38,7 @@ def load_checkpoint(module_cls: type[ModuleT], path: str | Path, **kwargs: Any) 
     overrides, `map_location`), the recorded swap is re-applied (each layer with the configuration it was
     trained with), and the whole state dict is then loaded strictly, so α and β are never silently dropped.
     """
-    checkpoint = load_file(path, map_location="cpu")
+    checkpoint = read_checkpoint(path)
     swaps = recorded_swaps(checkpoint)
     if not swaps:
         raise ValueError(

@@ -1,33 +1,26 @@
-"""Give CAReLU parameters their own optimizer group and keep every LR scheduler in step with it."""
+"""Move CAReLU parameters into an optimizer group of their own in a built optimizer, and keep every LR scheduler
+in step with it (the schedulers' per-group lists are reached through `caer_lightning._compat`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
-GROUP_NAME = "carelu"
-
-# The default lr_scale, by optimizer family (README, "Stable by default", has the sweep behind the numbers).
-# Adam-like optimizers step each parameter by about lr whatever its gradient: α, β move like any weight.
-# SGD-like ones step in proportion to the gradient, and α, β's sums over a whole layer: a smaller scale.
-ADAPTIVE_LR_SCALE = 1.0
-SGD_LR_SCALE = 0.1
-ADAPTIVE_OPTIMIZERS = tuple(
-    getattr(torch.optim, name) for name in (
-        "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "Adadelta", "RMSprop", "Rprop", "SparseAdam",
-        "Adafactor",
-    ) if hasattr(torch.optim, name)
+from caer_lightning import _compat
+from caer_lightning.lr_policy import (  # noqa: F401 - the policy's names, also importable from here
+    ADAPTIVE_LR_SCALE,
+    ADAPTIVE_OPTIMIZERS,
+    GROUP_NAME,
+    SGD_LR_SCALE,
+    default_lr_scale,
+    is_adaptive,
 )
 
-# Per-group learning rates a scheduler keeps in lists or in the param group: scaled by the group's lr ratio.
-_LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
+# Per-group learning rates schedulers keep in the param group itself: scaled by the group's lr ratio.
 _LR_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr")
-# Per-group values copied as they are from the source group's entry.
-_COPIED_LISTS = ("lr_lambdas", "base_momentums", "max_momentums")
 # Key of the CAReLU group that records which group its lr follows (kept by optimizer checkpoints).
 SOURCE_KEY = "carelu_source"
 
@@ -40,18 +33,6 @@ class NewGroup:
     index: int
     source: int
     ratio: float | None
-
-
-def is_adaptive(optimizer: Optimizer) -> bool:
-    """Whether `optimizer` normalises each parameter's step (Adam-like): a torch.optim class of that family, or
-    any optimizer whose groups all carry Adam's `betas` (timm's Lamb, AdaBelief, Lion, ...)."""
-    groups = optimizer.param_groups
-    return isinstance(optimizer, ADAPTIVE_OPTIMIZERS) or (bool(groups) and all("betas" in g for g in groups))
-
-
-def default_lr_scale(optimizer: Optimizer) -> float:
-    """The lr_scale used when none is given: ADAPTIVE_LR_SCALE for Adam-like optimizers, SGD_LR_SCALE otherwise."""
-    return ADAPTIVE_LR_SCALE if is_adaptive(optimizer) else SGD_LR_SCALE
 
 
 def find_group(optimizer: Optimizer, name: str) -> int | None:
@@ -126,10 +107,9 @@ def keep_ratio(optimizer: Optimizer, name: str, ratio: float | None) -> None:
 def extend_scheduler(scheduler: object, new: NewGroup) -> None:
     """Append the new group's entry to every per-group list of `scheduler` (and its children), so that it
     schedules the group from the first step (`keep_ratio` then holds the ratio exactly)."""
-    for child in getattr(scheduler, "_schedulers", ()):  # SequentialLR, ChainedScheduler
+    for child in _compat.child_schedulers(scheduler):  # SequentialLR, ChainedScheduler
         extend_scheduler(child, new)
-    for attribute in _LR_LISTS + _COPIED_LISTS:
-        values = getattr(scheduler, attribute, None)
-        if isinstance(values, list) and len(values) == new.index:  # not extended yet
+    for attribute, values in _compat.scheduler_group_lists(scheduler):
+        if len(values) == new.index:  # not extended yet
             entry = values[new.source]
-            values.append(entry * (new.ratio or 0.0) if attribute in _LR_LISTS else entry)
+            values.append(entry * (new.ratio or 0.0) if attribute in _compat.SCHEDULER_LR_LISTS else entry)

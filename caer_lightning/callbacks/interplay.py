@@ -4,8 +4,6 @@
   must reach them too, whatever the callback order).
 - `HookAfter`: runs a function after one of the LightningModule's own hooks (`configure_model`, which comes
   after every callback's `setup`; `on_save_checkpoint`, the only hook a weights-only checkpoint calls).
-- `install_spawn_recovery`: spawn/fork strategies train in worker processes and load the trained weights back
-  into the main process's model, which was never swapped; this re-does the swap there first.
 - `context_parameters`, `in_frozen_part`: the parameters an activation works for, to tell frozen parts and
   parts no optimizer holds from the rest.
 """
@@ -19,10 +17,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
-from torch.optim.swa_utils import AveragedModel
 
+from caer_lightning import _compat
 from caer_lightning.activation import CAReLU
 from caer_lightning.record import WEIGHTS_ONLY_KEY
 
@@ -36,10 +32,8 @@ def averaged_models(trainer: pl.Trainer) -> Iterator[nn.Module]:
     """The model copies held by StochasticWeightAveraging and WeightAveraging (EMA) callbacks."""
     for callback in trainer.callbacks:
         if isinstance(callback, (StochasticWeightAveraging, WeightAveraging)):
-            copy = getattr(callback, "_average_model", None)
-            if isinstance(copy, AveragedModel):
-                copy = copy.module
-            if isinstance(copy, nn.Module):
+            copy = _compat.averaged_model(callback)
+            if copy is not None:
                 yield copy
 
 
@@ -104,30 +98,12 @@ class SwapRecord:
         return record
 
 
-_NORMALIZATION = (_BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-_SPAWN_HOOK = "_before_main_process_loads_weights"
-
-
-def install_spawn_recovery() -> None:
-    """Let callbacks that define `_before_main_process_loads_weights(trainer)` prepare the main process's model
-    before Lightning's spawn/fork launcher loads the worker's trained weights into it (non-strictly: without
-    this, keys the main model lacks, such as α and β, are dropped in silence)."""
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    original = getattr(_MultiProcessingLauncher, "_recover_results_in_main_process", None)
-    if original is None or getattr(original, "_caer_lightning", False):
-        return  # another Lightning version (tests/test_lightning_interplay.py would say so) or done already
-
-    def recover(self: Any, worker_output: Any, trainer: pl.Trainer) -> None:
-        if worker_output.weights_path is not None:
-            for callback in trainer.callbacks:
-                prepare = getattr(callback, _SPAWN_HOOK, None)
-                if callable(prepare):
-                    prepare(trainer)
-        original(self, worker_output, trainer)
-
-    recover._caer_lightning = True
-    _MultiProcessingLauncher._recover_results_in_main_process = recover
+# Normalization layers (a frozen backbone commonly keeps them trainable: BaseFinetuning's `train_bn`).
+_NORMALIZATION = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+    nn.InstanceNorm3d, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d, nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+)
 
 
 def _enclosing(model: nn.Module, name: str) -> tuple[nn.Module, list[nn.Parameter]]:

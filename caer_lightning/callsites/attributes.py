@@ -7,10 +7,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from caer_lightning import _compat
 from caer_lightning.callsites.forms import Forms
-
-# Layers whose fast path runs a built-in activation when this flag is set (nn.TransformerEncoderLayer, ...).
-_FAST_PATH_FLAG = "activation_relu_or_gelu"
 
 
 def function_attributes(model: nn.Module, forms: Forms) -> list[tuple[str, nn.Module, str, type[nn.Module]]]:
@@ -28,16 +26,16 @@ def function_attributes(model: nn.Module, forms: Forms) -> list[tuple[str, nn.Mo
 def set_function_attribute(owner: nn.Module, attribute: str, new: nn.Module) -> Callable[[], None]:
     """Replace a function attribute by a module (registered under the same name); turn off fast paths that
     would run a built-in activation instead of it. Returns how to undo it."""
-    function, flag = owner.__dict__[attribute], owner.__dict__.get(_FAST_PATH_FLAG)
+    function, flag = owner.__dict__[attribute], _compat.fast_path_flag(owner)
     delattr(owner, attribute)
     owner.add_module(attribute, new)
     if flag is not None:
-        setattr(owner, _FAST_PATH_FLAG, 0)
+        _compat.set_fast_path_flag(owner, 0)
 
     def undo() -> None:
         delattr(owner, attribute)
         setattr(owner, attribute, function)
         if flag is not None:
-            setattr(owner, _FAST_PATH_FLAG, flag)
+            _compat.set_fast_path_flag(owner, flag)
 
     return undo

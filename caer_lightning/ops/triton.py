@@ -10,7 +10,7 @@ import importlib.util
 import os
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_warn
+from caer_lightning.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from caer_lightning.ops.eager import backward_eager, forward_eager
@@ -60,7 +60,7 @@ def _fall_back(z: Tensor, dims: list[int], error: Exception, stage: str) -> None
         FAILED.add(key)
         rank_zero_warn(
             f"CAReLU: the Triton kernel failed in {stage} for {key} ({type(error).__name__}: {error}); running the "
-            "eager implementation for such inputs from now on (set impl='eager' to skip Triton)"
+            "eager implementation for such inputs from now on (CAReLU(impl='eager') or CAReLUCallback(impl='eager') skips Triton)"
         )
 
 

@@ -1,0 +1,308 @@
+"""Every reach into a private or undocumented part of torch, Lightning or Triton, in one place.
+
+Each reach is listed in `REACHES` with the package, the versions it was checked on, and what depends on it;
+`tests/test_compat.py` names each one. None fails silently: when what it reaches is gone, the caller gets a
+`MissingPrivateAPI` error (or a warning, where carrying on loses nothing) naming the installed version and what
+is not supported with it. Imports of Lightning and Triton happen inside the functions that need them, so the
+core (ops, functional, module, swap) can use this module with torch alone.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MissingPrivateAPI(RuntimeError):
+    """A private API caer_lightning relies on is not in the installed version of its package."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One private or undocumented name used, the package and versions it was checked on, and what needs it."""
+
+    name: str
+    package: str
+    since: tuple[int, ...]  # the oldest version of `package` that has it in the form used
+    checked: str  # the versions it was checked on
+    needed_for: str
+
+
+REACHES: dict[str, Reach] = {
+    reach.name: reach
+    for reach in (
+        Reach(
+            "lightning.pytorch.strategies.launchers.multiprocessing._MultiProcessingLauncher"
+            "._recover_results_in_main_process", "lightning", (2, 0), "2.4-2.6",
+            "spawn/fork strategies (ddp_spawn, ddp_notebook): the main process's model gets the CAReLU layers "
+            "before Lightning loads the trained weights into it non-strictly",
+        ),
+        Reach(
+            "lightning.pytorch.callbacks.StochasticWeightAveraging._average_model", "lightning", (2, 0), "2.4-2.6",
+            "swapping the averaged copy StochasticWeightAveraging takes in its setup when it is listed before "
+            "CAReLUCallback",
+        ),
+        Reach(
+            "lightning.pytorch.callbacks.WeightAveraging._average_model", "lightning", (2, 5), "2.5-2.6",
+            "swapping the averaged copy WeightAveraging (EMA) takes in its setup when it is listed before "
+            "CAReLUCallback",
+        ),
+        Reach(
+            "torch.optim.lr_scheduler.LRScheduler._last_lr", "torch", (1, 4), "2.4-2.14",
+            "scheduling the carelu group from the step it is added (the scheduler's last lr per group)",
+        ),
+        Reach(
+            "torch.optim.lr_scheduler.SequentialLR._schedulers", "torch", (1, 10), "2.4-2.14",
+            "reaching the schedulers inside SequentialLR and ChainedScheduler",
+        ),
+        Reach(
+            "torch.optim.lr_scheduler per-group lists: lr_lambdas, min_lrs, max_lrs, base_momentums, max_momentums",
+            "torch", (1, 4), "2.4-2.14",
+            "scheduling the carelu group under LambdaLR/MultiplicativeLR, ReduceLROnPlateau and CyclicLR",
+        ),
+        Reach(
+            "torch.nn.TransformerEncoderLayer.activation_relu_or_gelu", "torch", (1, 12), "2.4-2.14",
+            "turning off the fast path of a Transformer layer whose activation was swapped (it would run a "
+            "built-in activation instead of the CAReLU)",
+        ),
+        Reach(
+            "torch.nn.modules.module (nn.Module.__call__ runs forward hooks from this file)", "torch", (2, 0),
+            "2.4-2.14",
+            "the first training step's probe of where each CAReLU is called from",
+        ),
+        Reach(
+            "triton.runtime.jit.create_function_from_signature, JITFunction._pack_args, triton.compiler.ASTSource",
+            "triton", (3, 3), "3.3-3.8",
+            "tests only: compiling the kernels ahead of time for sm_80/sm_90 exactly as the JIT would at launch",
+        ),
+    )
+}
+
+SPAWN_RECOVERY, SWA_COPY, EMA_COPY, LAST_LR, CHILD_SCHEDULERS, SCHEDULER_LISTS, TRANSFORMER_FAST_PATH, \
+    MODULE_CALL, TRITON_JIT = REACHES
+
+
+def installed_version(package: str) -> tuple[int, ...]:
+    """The installed version of `package` as numbers ((0,) when it is not installed)."""
+    if package == "torch":
+        text = torch.__version__
+    else:
+        try:
+            text = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return (0,)
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def missing(reach_name: str, what: str = "") -> MissingPrivateAPI:
+    """The error for a reach whose target is gone: package, installed version, what it was checked on, and what
+    is not supported."""
+    reach = REACHES[reach_name]
+    version = ".".join(map(str, installed_version(reach.package)))
+    detail = f" ({what})" if what else ""
+    return MissingPrivateAPI(
+        f"caer_lightning: {reach.package} {version} has no {reach.name}{detail}; it was checked on "
+        f"{reach.package} {reach.checked}. Not supported with this version: {reach.needed_for}."
+    )
+
+
+def supported(reach_name: str) -> bool:
+    """Whether the installed version is at least the oldest that has the reach's target (the version check)."""
+    reach = REACHES[reach_name]
+    return installed_version(reach.package) >= reach.since
+
+
+# --- Lightning: spawn/fork strategies -------------------------------------------------------------------------
+
+SPAWN_PREPARE_HOOK = "before_main_process_loads_weights"
+
+
+def multiprocessing_launcher_class() -> type | None:
+    """Lightning's launcher for spawn/fork strategies, or None when this Lightning has none by that name."""
+    if not supported(SPAWN_RECOVERY):
+        return None
+    try:
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    except ImportError:
+        return None
+    return _MultiProcessingLauncher
+
+
+def uses_multiprocessing(trainer: Any) -> bool:
+    """Whether `trainer` trains in spawned or forked worker processes."""
+    launcher_class = multiprocessing_launcher_class()
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if launcher_class is not None:
+        return isinstance(launcher, launcher_class)
+    return type(launcher).__name__ == "_MultiProcessingLauncher"
+
+
+def install_spawn_recovery() -> bool:
+    """Let callbacks that define `before_main_process_loads_weights(trainer)` prepare the main process's model
+    before Lightning's spawn/fork launcher loads the worker's trained weights into it non-strictly (without it,
+    keys the main model lacks, such as α and β, are dropped in silence). Returns whether it is installed; when
+    it cannot be, `spawn_recovery_installed()` says so and `CAReLUCallback` refuses spawn/fork strategies.
+
+    Installed when a CAReLUCallback is built: the main process runs no callback hook before it launches the
+    workers, so this is the last point at which it knows a recovery will be needed. It acts only for trainers
+    whose callbacks define the hook.
+    """
+    launcher_class = multiprocessing_launcher_class()
+    original = getattr(launcher_class, "_recover_results_in_main_process", None)
+    if original is None:
+        return False
+    if getattr(original, "_caer_lightning", False):
+        return True
+    parameters = list(inspect.signature(original).parameters)
+    if parameters[:3] != ["self", "worker_output", "trainer"]:
+        return False
+
+    def recover(self: Any, worker_output: Any, trainer: Any) -> None:
+        if getattr(worker_output, "weights_path", None) is not None:
+            for callback in trainer.callbacks:
+                prepare = getattr(callback, SPAWN_PREPARE_HOOK, None)
+                if callable(prepare):
+                    prepare(trainer)
+        original(self, worker_output, trainer)
+
+    recover._caer_lightning = True  # type: ignore[attr-defined]
+    launcher_class._recover_results_in_main_process = recover
+    return True
+
+
+def spawn_recovery_installed() -> bool:
+    launcher_class = multiprocessing_launcher_class()
+    method = getattr(launcher_class, "_recover_results_in_main_process", None)
+    return bool(getattr(method, "_caer_lightning", False))
+
+
+# --- Lightning: weight-averaging callbacks ----------------------------------------------------------------------
+
+
+def averaged_model(callback: Any) -> nn.Module | None:
+    """The model copy a StochasticWeightAveraging or WeightAveraging callback holds (None before its setup).
+    Raises MissingPrivateAPI when this Lightning keeps it elsewhere."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    reach = SWA_COPY if isinstance(callback, StochasticWeightAveraging) else EMA_COPY
+    if not (supported(reach) and hasattr(callback, "_average_model")):
+        raise missing(reach, f"{type(callback).__name__} holds no _average_model")
+    copy = callback._average_model
+    module = getattr(copy, "module", copy)  # torch.optim.swa_utils.AveragedModel wraps the copy
+    return module if isinstance(module, nn.Module) else None
+
+
+# --- torch: LR schedulers ---------------------------------------------------------------------------------------
+
+# Per-group values a scheduler keeps in lists: scaled by the new group's lr ratio, or copied as they are.
+SCHEDULER_LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs")
+SCHEDULER_COPIED_LISTS = ("lr_lambdas", "base_momentums", "max_momentums")
+# The lists each torch scheduler holds (what `extend_scheduler` must find; a missing one is an error).
+EXPECTED_LISTS: dict[str, tuple[str, ...]] = {
+    "LambdaLR": ("base_lrs", "_last_lr", "lr_lambdas"),
+    "MultiplicativeLR": ("base_lrs", "_last_lr", "lr_lambdas"),
+    "StepLR": ("base_lrs", "_last_lr"),
+    "MultiStepLR": ("base_lrs", "_last_lr"),
+    "ConstantLR": ("base_lrs", "_last_lr"),
+    "LinearLR": ("base_lrs", "_last_lr"),
+    "ExponentialLR": ("base_lrs", "_last_lr"),
+    "PolynomialLR": ("base_lrs", "_last_lr"),
+    "CosineAnnealingLR": ("base_lrs", "_last_lr"),
+    "CosineAnnealingWarmRestarts": ("base_lrs", "_last_lr"),
+    "CyclicLR": ("base_lrs", "_last_lr", "max_lrs"),
+    "OneCycleLR": ("base_lrs", "_last_lr"),
+    "ReduceLROnPlateau": ("min_lrs",),
+}
+
+
+def child_schedulers(scheduler: object) -> list:
+    """The schedulers inside a SequentialLR or ChainedScheduler ([] for any other)."""
+    name = type(scheduler).__name__
+    children = getattr(scheduler, "_schedulers", None)
+    if name in ("SequentialLR", "ChainedScheduler") and isinstance(scheduler, _torch_scheduler_types()):
+        if not isinstance(children, (list, tuple)):
+            raise missing(CHILD_SCHEDULERS, f"{name} keeps no _schedulers list")
+    return list(children) if isinstance(children, (list, tuple)) else []
+
+
+def scheduler_group_lists(scheduler: object) -> Iterator[tuple[str, list]]:
+    """(attribute, list) for each per-group list `scheduler` keeps. For torch's own schedulers, a list this
+    version lacks raises MissingPrivateAPI (the carelu group would go unscheduled)."""
+    name = type(scheduler).__name__
+    if isinstance(scheduler, _torch_scheduler_types()) and type(scheduler).__module__.startswith("torch."):
+        for attribute in EXPECTED_LISTS.get(name, ()):
+            if not isinstance(getattr(scheduler, attribute, None), list):
+                reach = LAST_LR if attribute == "_last_lr" else SCHEDULER_LISTS
+                raise missing(reach, f"{name}.{attribute}")
+    for attribute in SCHEDULER_LR_LISTS + SCHEDULER_COPIED_LISTS:
+        values = getattr(scheduler, attribute, None)
+        if isinstance(values, list):
+            yield attribute, values
+
+
+def _torch_scheduler_types() -> tuple[type, ...]:
+    from torch.optim import lr_scheduler
+
+    return tuple(t for t in (getattr(lr_scheduler, "LRScheduler", None), lr_scheduler.ReduceLROnPlateau) if t)
+
+
+# --- torch: modules ---------------------------------------------------------------------------------------------
+
+_FAST_PATH_FLAG = "activation_relu_or_gelu"
+
+
+def fast_path_flag(owner: nn.Module) -> Any:
+    """The flag with which a Transformer layer runs a built-in activation on its fast path (None if it has none).
+    A torch Transformer layer without it raises MissingPrivateAPI: its fast path could bypass the CAReLU."""
+    if isinstance(owner, nn.TransformerEncoderLayer) and _FAST_PATH_FLAG not in vars(owner):
+        raise missing(TRANSFORMER_FAST_PATH, f"{type(owner).__name__} has no {_FAST_PATH_FLAG}")
+    return vars(owner).get(_FAST_PATH_FLAG)
+
+
+def set_fast_path_flag(owner: nn.Module, value: Any) -> None:
+    setattr(owner, _FAST_PATH_FLAG, value)
+
+
+def module_call_files() -> frozenset[str]:
+    """The files of nn.Module's call machinery, which a forward pre-hook's caller frames pass through."""
+    import torch.nn.modules.module as module_file
+
+    return frozenset({inspect.getfile(module_file)})
+
+
+# --- Triton (tests only) ----------------------------------------------------------------------------------------
+
+
+def compile_launch_for_gpu(kernel: Any, args: tuple, kwargs: dict, capability: int) -> Any:
+    """Compile one recorded kernel launch for a CUDA GPU of `capability` (e.g. 90) exactly as the JIT would at
+    launch: its binder derives the specialization (ints equal to 1 become constants, ints divisible by 16 and
+    16-byte aligned pointers get `tt.divisibility`). Raises MissingPrivateAPI when this Triton lacks a piece."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import create_function_from_signature
+    except ImportError as error:
+        raise missing(TRITON_JIT, str(error)) from None
+    if not hasattr(kernel, "_pack_args"):
+        raise missing(TRITON_JIT, "JITFunction._pack_args")
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+__all__ = [
+    "MissingPrivateAPI", "REACHES", "Reach", "averaged_model", "child_schedulers", "compile_launch_for_gpu",
+    "fast_path_flag", "install_spawn_recovery", "installed_version", "missing", "module_call_files",
+    "scheduler_group_lists", "set_fast_path_flag", "spawn_recovery_installed", "supported", "uses_multiprocessing",
+]
