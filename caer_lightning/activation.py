@@ -7,13 +7,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from caer_lightning.functional import carelu_parts, competition
+from caer_lightning import statistics
+from caer_lightning.functional import IMPLS, carelu_parts, competition
 from caer_lightning.ops.common import check_finite_number, check_options
+from caer_lightning.statistics import HISTOGRAM_BINS, FIELDS as STATISTICS
 
-# Σp, Σp², Σs, groups with s < 0, Σ|α·p + β| (how far tanh is into saturation), number of groups;
-# then HISTOGRAM_BINS counts of p.
-STATISTICS = ("sum_p", "sum_p2", "sum_s", "neg_win", "sum_saturation", "groups")
-HISTOGRAM_BINS = 20  # equal-width bins of p over [0, 1]
 LAYER_FIELDS = ("variant", "reduction", "K", "eps")  # what a layer computes with, besides alpha and beta
 
 
@@ -37,7 +35,8 @@ class CAReLU(nn.Module):
     p is the share of the group's pre-activations won by the positives (`variant`), computed per sample,
     per channel or per token (`reduction`). At the default init (α = 0, β = atanh(1/K)) it equals ReLU.
     `inplace` is accepted, as torch's and timm's activations take it (`act_layer(inplace=True)`), and ignored:
-    CAReLU never works in place. `site_name` (set by `swap_activations`) names the layer in error messages.
+    CAReLU never works in place. `impl` picks the implementation (see `functional.carelu`); it changes speed,
+    not results, and is not recorded in checkpoints. `site_name` (set by `swap_activations`) names the layer in error messages.
 
     While training with `track_statistics` on (CAReLUCallback turns it on for logging steps), each forward
     adds, on the device and without a host sync, Σp, Σp², Σs, the number of groups with s < 0, Σ|α·p + β|, the
@@ -53,6 +52,7 @@ class CAReLU(nn.Module):
         beta_init: float | None = None,
         eps: float = 1e-6,
         inplace: bool | None = False,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         check_options(variant, reduction, K, eps)
@@ -60,10 +60,12 @@ class CAReLU(nn.Module):
         if beta_init is None:
             beta_init = default_beta(K)
         check_finite_number("beta_init", beta_init)
+        if impl not in IMPLS:
+            raise ValueError(f"impl={impl!r} is not supported; accepted values: {', '.join(IMPLS)}")
         self.variant, self.reduction, self.K, self.eps = variant, reduction, float(K), float(eps)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.beta = nn.Parameter(torch.tensor(float(beta_init)))
-        self.impl = "auto"
+        self.impl = impl
         self.site_name: str | None = None
         self.track_statistics = False
         self._statistics: Tensor | None = None  # a plain attribute, not a buffer: DDP must not broadcast it
@@ -85,22 +87,14 @@ class CAReLU(nn.Module):
             self._accumulate(p, self.K * tanh)
         return out
 
-    @torch.no_grad()
     def _accumulate(self, p: Tensor, s: Tensor) -> None:
         if self._statistics is None or self._statistics.device != p.device:
-            self._statistics = torch.zeros(len(STATISTICS) + HISTOGRAM_BINS, dtype=torch.float32, device=p.device)
-        p, s = p.reshape(-1), s.reshape(-1)
-        saturation = torch.addcmul(self.beta.to(p.dtype), self.alpha.to(p.dtype), p).abs_()  # |α·p + β|
-        sums = torch.stack((p.sum(), p.square().sum(), s.sum(), (s < 0).sum(dtype=s.dtype), saturation.sum()))
-        self._statistics[:5] += sums
-        self._statistics[5] += p.numel()
-        bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
-        # index_add_ into fixed bins: no host sync (bincount reads its bounds back); counts add exactly
-        self._statistics[len(STATISTICS):].index_add_(0, bins, torch.ones_like(p, dtype=torch.float32))
+            self._statistics = statistics.empty_row(p.device)
+        statistics.accumulate(self._statistics, p, s, self.alpha, self.beta)
 
     def pop_statistics(self) -> Tensor | None:
-        """Totals since the last call, a float32 tensor on the device: `STATISTICS`, then the histogram of p
-        (`HISTOGRAM_BINS` counts); None if no tracked forward ran."""
+        """Totals since the last call: one row laid out as `caer_lightning.statistics` says (float32, on the
+        device); None if no tracked forward ran."""
         statistics, self._statistics = self._statistics, None
         return statistics
 

@@ -4,18 +4,21 @@ and a train-end summary table."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import math
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.colors import Normalize, TwoSlopeNorm
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from caer_lightning.activation import HISTOGRAM_BINS, STATISTICS, CAReLU
+from caer_lightning import statistics
+from caer_lightning.activation import CAReLU
+from caer_lightning.statistics import HISTOGRAM_BINS
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.figure import Figure
 
 QUANTITIES = ("energy_ratio", "scale", "neg_win", "saturation", "alpha", "beta")
-_COLUMN = {name: i for i, name in enumerate(STATISTICS)}
+# Each logged per-group mean and the statistics field it is the mean of.
+MEANS = {"energy_ratio": "sum_p", "scale": "sum_s", "neg_win": "neg_win", "saturation": "sum_saturation"}
 
 
 def key(name: str, quantity: str) -> str:
@@ -24,11 +27,11 @@ def key(name: str, quantity: str) -> str:
 
 
 def collect(modules: Sequence[CAReLU]) -> Tensor:
-    """One (layers, len(STATISTICS) + HISTOGRAM_BINS) device tensor of the modules' statistics (reset after)."""
+    """One (layers, statistics.WIDTH) device table of the modules' statistics (reset after)."""
     rows = []
     for module in modules:
         row = module.pop_statistics()
-        rows.append(row if row is not None else module.alpha.new_zeros(len(STATISTICS) + HISTOGRAM_BINS).float())
+        rows.append(row if row is not None else statistics.empty_row(module.alpha.device))
     return torch.stack(rows)
 
 
@@ -37,16 +40,15 @@ def parameters(modules: Sequence[CAReLU]) -> Tensor:
     return torch.stack([torch.stack((m.alpha, m.beta)) for m in modules]).detach()
 
 
-def scalars(names: Sequence[str], statistics: Tensor, parameters: Tensor) -> dict[str, float]:
+def scalars(names: Sequence[str], table: Tensor, parameters: Tensor) -> dict[str, float]:
     """Per-layer means from summed statistics (CPU tensors); layers that did not run are left out."""
     metrics = {}
-    for name, row, (alpha, beta) in zip(names, statistics.tolist(), parameters.tolist()):
-        groups = row[_COLUMN["groups"]]
-        if groups > 0:
-            metrics[key(name, "energy_ratio")] = row[_COLUMN["sum_p"]] / groups
-            metrics[key(name, "scale")] = row[_COLUMN["sum_s"]] / groups
-            metrics[key(name, "neg_win")] = row[_COLUMN["neg_win"]] / groups
-            metrics[key(name, "saturation")] = row[_COLUMN["sum_saturation"]] / groups
+    groups = statistics.column(table, "groups").tolist()
+    means = {quantity: statistics.mean(table, field).tolist() for quantity, field in MEANS.items()}
+    for index, (name, (alpha, beta)) in enumerate(zip(names, parameters.tolist())):
+        if groups[index] > 0:
+            for quantity in MEANS:
+                metrics[key(name, quantity)] = means[quantity][index]
         metrics[key(name, "alpha")], metrics[key(name, "beta")] = alpha, beta
     return metrics
 
@@ -56,17 +58,17 @@ def custom_scalars_layout(names: Sequence[str], title: str = "CAReLU") -> dict:
     return {title: {quantity: ["Multiline", [key(n, quantity) for n in names]] for quantity in QUANTITIES}}
 
 
-def write_histograms(writer, names: Sequence[str], statistics: Tensor, step: int) -> None:
+def write_histograms(writer, names: Sequence[str], table: Tensor, step: int) -> None:
     """One histogram of p per layer, from binned counts (`SummaryWriter.add_histogram_raw`)."""
     limits = [(i + 1) / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS)]
-    for name, row in zip(names, statistics.tolist()):
-        counts = row[len(STATISTICS):]
+    sums = {field: statistics.column(table, field).tolist() for field in ("groups", "sum_p", "sum_p2")}
+    for index, (name, counts) in enumerate(zip(names, statistics.histogram(table).tolist())):
         filled = [i for i, c in enumerate(counts) if c > 0]
         if not filled:
             continue
         writer.add_histogram_raw(
             f"carelu/{name}/p", min=filled[0] / HISTOGRAM_BINS, max=limits[filled[-1]],
-            num=row[_COLUMN["groups"]], sum=row[_COLUMN["sum_p"]], sum_squares=row[_COLUMN["sum_p2"]],
+            num=sums["groups"][index], sum=sums["sum_p"][index], sum_squares=sums["sum_p2"][index],
             bucket_limits=limits, bucket_counts=counts, global_step=step,
         )
 
@@ -78,6 +80,10 @@ def heatmap_figure(
     """A labelled layers × logged-steps heat map of a (steps, layers) history: one row per layer, named on the y
     axis (model order, input side on top), the logged step on the x axis, and a colour bar with values. A
     diverging map is centred on 0, so a layer whose value changes sign stands out."""
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     rows = values.T.float().numpy()  # layers × steps
     layers = len(names)
     height = min(2.0 + 0.16 * layers, 30.0)
@@ -86,20 +92,24 @@ def heatmap_figure(
     cmap = "RdBu_r" if diverging else "viridis"
     norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high) if diverging else Normalize(vmin=low, vmax=high)
     image = axes.imshow(rows, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
-    # label every row while they fit (font ≥ 5 pt); beyond that every k-th row, so labels never overlap
+    # label every row while they fit (font ≥ 5 pt); beyond that as many as fit, so labels never overlap
     row_points = (height * 72 * 0.8) / max(layers, 1)
     fontsize = max(5.0, min(9.0, row_points * 0.8))
-    every = max(1, math.ceil(fontsize / (row_points * 0.9)))
-    ticks = list(range(0, layers, every))
-    axes.set_yticks(ticks, [names[i] for i in ticks], fontsize=fontsize)
-    columns = list(range(len(steps)))
-    shown = columns[:: max(1, math.ceil(len(columns) / 10))]
-    axes.set_xticks(shown, [str(steps[i]) for i in shown], fontsize=8)
+    fitting = max(1, int(height * 72 * 0.8 / (fontsize / 0.9)))
+    rows_shown = _thinned(MaxNLocator(nbins=fitting, integer=True, min_n_ticks=1), layers)
+    axes.set_yticks(rows_shown, [names[i] for i in rows_shown], fontsize=fontsize)
+    columns_shown = _thinned(MaxNLocator(nbins=10, integer=True, min_n_ticks=1), len(steps))
+    axes.set_xticks(columns_shown, [str(steps[i]) for i in columns_shown], fontsize=8)
     axes.set_xlabel("training step")
     axes.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axes, label=label)
     figure.tight_layout()
     return figure
+
+
+def _thinned(locator, count: int) -> list[int]:
+    """The indices 0 .. count-1 a matplotlib locator picks as ticks (evenly spaced, as many as it allows)."""
+    return [int(t) for t in locator.tick_values(0, max(count - 1, 0)) if 0 <= t < count and t == int(t)]
 
 
 SUMMARY_COLUMNS = ("energy_ratio", "scale", "neg_win", "alpha", "beta")

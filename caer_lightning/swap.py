@@ -74,6 +74,21 @@ def compile_patterns(argument: str, patterns: Patterns) -> list[re.Pattern]:
     return compiled
 
 
+class NameFilter:
+    """`include`/`exclude` regexes (one string or a list) searched (`re.search`) in qualified module names: a name
+    is selected when an include pattern matches it (or there is none) and no exclude pattern does."""
+
+    def __init__(self, include: Patterns = None, exclude: Patterns = None) -> None:
+        self.include, self.exclude = include, exclude
+        self._included = compile_patterns("include", include)
+        self._excluded = compile_patterns("exclude", exclude)
+
+    def __call__(self, name: str) -> bool:
+        return (not self._included or any(p.search(name) for p in self._included)) and not any(
+            p.search(name) for p in self._excluded
+        )
+
+
 def swap_activations(
     model: nn.Module,
     targets: Target | Iterable[Target] = (nn.ReLU,),
@@ -101,11 +116,8 @@ def swap_activations(
     """
     classes = resolve_targets(targets)
     forms = Forms.of(classes)
-    included, excluded = compile_patterns("include", include), compile_patterns("exclude", exclude)
+    selected = NameFilter(include, exclude)
     factory = factory or (lambda old: CAReLU())
-
-    def selected(name: str) -> bool:
-        return (not included or any(p.search(name) for p in included)) and not any(p.search(name) for p in excluded)
 
     def make(old: nn.Module, name: str, near: nn.Module) -> nn.Module:
         new = factory(old)

@@ -135,9 +135,9 @@ def test_logged_scale_and_energy_ratio_equal_values_recomputed_from_the_batch(tm
 
 
 def test_heat_maps_are_drawn_when_the_budget_allows(tmp_path, monkeypatch):
-    from caer_lightning.callbacks import carelu
+    from caer_lightning.callbacks import heat_maps
 
-    monkeypatch.setattr(carelu, "FIGURE_BUDGET", 1e9)  # any epoch is long enough: a map at every epoch end
+    monkeypatch.setattr(heat_maps, "FIGURE_BUDGET", 1e9)  # any epoch is long enough: a map at every epoch end
     logger = TensorBoardLogger(tmp_path, name="run")
     fit_with(logger)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
