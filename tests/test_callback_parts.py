@@ -1,0 +1,170 @@
+"""Each part of CAReLUCallback used alone, without a Trainer: the swap and the layers it owns, the optimizer group
+and its ratio, the monitor (statistics, guards, scalars), the heat maps' budget, the call-place probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from caer_lightning import CAReLU, swap_activations
+from caer_lightning.callbacks import heat_maps as heat_maps_module
+from caer_lightning.callbacks.call_probe import CallProbe
+from caer_lightning.callbacks.heat_maps import HeatMaps
+from caer_lightning.callbacks.layer_swap import LayerSwap, SwapRefused
+from caer_lightning.callbacks.lr_group import CAReLUGroup
+from caer_lightning.callbacks.monitor import Monitor
+from caer_lightning.functional import competition
+from caer_lightning.guards import NonFiniteCAReLUError
+from caer_lightning.lr_policy import SGD_LR_SCALE
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+
+
+def test_layer_swap_owns_what_it_swaps_and_leaves_others_layers():
+    model = net()
+    first = LayerSwap(("torch.nn.ReLU",), include=r"^1$", activation_config=dict(K=3.0), impl="eager")
+    assert first.swap(model) == ["1"] and first.names == ["1"]
+    assert first.layers["1"].K == 3.0 and first.layers["1"].impl == "eager"
+    assert first.owned == {id(model[1])} and first.config["include"] == r"^1$" and first.config["K"] == 3.0
+    second = LayerSwap(("torch.nn.ReLU",))
+    assert second.swap(model, others=first.owned) == ["3"] and second.names == ["3"]
+    third = LayerSwap(("torch.nn.ReLU",))
+    with pytest.raises(SwapRefused, match="matched no module: every CAReLU of the model .* belongs to another"):
+        third.swap(model, others=first.owned | second.owned)
+    assert third.swap(model, others=first.owned | second.owned, final=False) == [] and third.names == []
+
+
+def test_layer_swap_claims_selected_layers_of_a_model_swapped_beforehand():
+    model = net()
+    swap_activations(model)
+    claimer = LayerSwap(("torch.nn.ReLU",), exclude=r"^3$")
+    assert claimer.swap(model) == [] and claimer.names == ["1"]
+
+
+def test_layer_swap_freezes_new_layers_in_frozen_parts():
+    model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    model[0].requires_grad_(False)
+    swap = LayerSwap(("torch.nn.ReLU",))
+    swap.swap(model)
+    assert swap.frozen == ["0.1"] and not model[0][1].alpha.requires_grad and model[1][1].alpha.requires_grad
+    swap.report_frozen()
+    assert swap.frozen == []
+
+
+def test_optimizer_group_alone_keeps_its_ratio_under_a_floor():
+    model = net()
+    swap_activations(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4, eta_min=0.05)
+    group = CAReLUGroup()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CAReLU)}
+    group.attach([optimizer], [scheduler], model, layers)
+    (held, new), = group.groups
+    assert held is optimizer and optimizer.param_groups[new.index]["name"] == "carelu"
+    assert optimizer.param_groups[new.index]["lr"] == pytest.approx(SGD_LR_SCALE * 0.1)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+        group.keep_ratios()
+        source, carelu = (optimizer.param_groups[i]["lr"] for i in (0, new.index))
+        assert carelu == pytest.approx(SGD_LR_SCALE * source) and source > 0.05
+    assert group.config == dict(lr=None, lr_scale=None, weight_decay=0.0)
+
+
+def test_optimizer_group_leaves_unheld_parts_frozen():
+    model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Sequential(nn.Linear(2, 2), nn.ReLU()),
+                          nn.Linear(2, 2))
+    swap_activations(model)
+    optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)  # the blocks around the activations are no one's
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CAReLU)}
+    CAReLUGroup().attach([optimizer], [], model, layers)
+    assert not any(m.alpha.requires_grad for m in layers.values()) and len(optimizer.param_groups) == 1
+    CAReLUGroup().attach([optimizer], [], model, layers, train_unheld=True)
+    assert len(optimizer.param_groups[1]["params"]) == 4
+
+
+def test_monitor_alone_logs_the_measured_step_only():
+    model = net()
+    swap_activations(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CAReLU)}
+    monitor, logged = Monitor(), []
+    monitor.start(layers, every=2)
+    inputs = {}
+    layers["3"].register_forward_pre_hook(lambda m, args: inputs.setdefault("3", []).append(args[0].detach()))
+    for step in range(3):  # steps 0 and 2 are logging steps
+        monitor.begin_step(step)
+        model(torch.randn(5, 3, 8, 8))
+        monitor.end_step(step + 1, lambda table: table, True, lambda metrics, at: logged.append((at, metrics)))
+    assert [at for at, _ in logged] == [0, 2]
+    expected = competition(inputs["3"][0]).mean().item()
+    assert logged[0][1]["carelu/3/energy_ratio"] == pytest.approx(expected, rel=1e-5)
+    assert logged[0][1]["carelu/3/scale"] == pytest.approx(1.0, rel=1e-5)  # at the swap: s = 1
+    assert monitor.history_of("sum_p").shape == (2, 2) and monitor.history_steps == [0, 2]
+    assert "| 3 |" in monitor.summary()
+
+
+def test_monitor_guard_stops_every_rank_on_non_finite_parameters():
+    layer = CAReLU()
+    monitor = Monitor()
+    monitor.start({"act": layer}, every=1)
+    monitor.begin_step(0)
+    layer(torch.randn(2, 3))
+    with torch.no_grad():
+        layer.beta.fill_(float("nan"))
+    with pytest.raises(NonFiniteCAReLUError, match="act"):
+        monitor.end_step(1, lambda table: table, False, lambda metrics, at: None)  # not rank zero: still raises
+
+
+def test_heat_maps_budget(monkeypatch):
+    maps = HeatMaps("carelu_1")
+    maps.start(layers=10)
+    assert not maps.due()  # 0.35 s estimated: due after 35 s of training
+    monkeypatch.setattr(heat_maps_module, "FIGURE_BUDGET", 1e9)
+    assert maps.due()
+
+    class Writer:
+        def __init__(self):
+            self.tags = []
+
+        def add_figure(self, tag, figure, step, close):
+            self.tags.append((tag, step))
+
+    layer, monitor = CAReLU(), Monitor()
+    monitor.start({"act": layer}, every=1)
+    monitor.begin_step(0)
+    layer(torch.randn(2, 3))
+    monitor.end_step(1, lambda table: table, True, lambda metrics, at: None)
+    writer = Writer()
+    maps.draw([writer], monitor, step=1)
+    maps.draw([writer], monitor, step=1)  # once per step
+    assert writer.tags == [("carelu_1/energy_ratio_map", 1), ("carelu_1/scale_map", 1), ("carelu_1/saturation_map", 1)]
+
+
+class TwoCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act, self.loop_act = CAReLU(), CAReLU()
+
+    def forward(self, x):
+        x = self.act(x)
+        for _ in range(3):
+            x = self.loop_act(x)
+        return self.act(x)
+
+
+def test_call_probe_alone_reports_a_module_called_at_two_places():
+    model = TwoCalls()
+    probe = CallProbe()
+    probe.start({"act": model.act, "loop_act": model.loop_act})
+    model(torch.randn(2, 3))
+    assert probe.running
+    with pytest.warns(UserWarning, match="called from several places: act from"):
+        shared = probe.finish()
+    assert list(shared) == ["act"] and not probe.running
+    model(torch.randn(2, 3))
+    assert len(probe.places["loop_act"]) == 1
