@@ -10,164 +10,17 @@ Writes report.md (table), results.json (the same data) and val_acc.png (curves) 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import math
-import os
-import resource
 import statistics
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-from lightning.pytorch.callbacks import Callback
-
-from caer_lightning.activation import CAReLU
+# RunRecorder is not used here: it is imported so that `caer_lightning.ab.RunRecorder`, the class_path in the
+# configs of run folders written before it moved to runner.py, still loads.
+from caer_lightning.runner import RunRecorder, resolved_config, run_arm  # noqa: F401
 
 ARMS = ("relu", "carelu")
-CALLBACK = "caer_lightning.CAReLUCallback"
-RECORDER = "caer_lightning.ab.RunRecorder"
-
-
-class RunRecorder(Callback):
-    """Writes what `caer ab` compares to `path` (JSON): validation curve, test accuracy, mean train loss per
-    epoch, each CAReLU's α and β at every epoch end, step times, peak memory, parameter count, and a
-    fingerprint of every training batch (to check the arms saw the same)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.record: dict[str, Any] = {"val_acc": [], "train_loss": [], "carelu": [], "step_seconds": [], "batches": []}
-        self._start = 0.0
-        self._loss_sum: torch.Tensor | None = None  # on the device: no host sync per step
-        self._loss_count = 0
-
-    def on_train_start(self, trainer, pl_module):
-        self.record["params"] = sum(p.numel() for p in pl_module.parameters())
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        x, y = batch[0], batch[1]
-        self.record["batches"].append([round(float(x.double().sum()), 6), int(y.sum())])
-        self._start = time.perf_counter()  # after the fingerprint, whose host sync is not the step's cost
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.record["step_seconds"].append(time.perf_counter() - self._start)
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
-            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-            self._loss_count += 1
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self._loss_count:
-            self.record["train_loss"].append(float(self._loss_sum) / self._loss_count)
-        self._loss_sum, self._loss_count = None, 0
-        self.record["carelu"].append({name: [m.alpha.item(), m.beta.item()]
-                                      for name, m in pl_module.named_modules() if isinstance(m, CAReLU)})
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if not trainer.sanity_checking and "val_acc" in trainer.callback_metrics:
-            self.record["val_acc"].append(float(trainer.callback_metrics["val_acc"]))
-
-    def on_test_end(self, trainer, pl_module):
-        if "test_acc" in trainer.callback_metrics:
-            self.record["test_acc"] = float(trainer.callback_metrics["test_acc"])
-        self._write()
-
-    def on_train_end(self, trainer, pl_module):
-        cuda = torch.cuda.is_available()
-        self.record["peak_memory_bytes"] = (
-            torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        )
-        self.record["peak_memory_kind"] = "CUDA allocated" if cuda else "process RSS"
-        self._write()
-
-    def _write(self) -> None:
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            Path(self.path).write_text(json.dumps(self.record))
-
-
-def resolved_config(config: str, overrides: list[str]) -> dict:
-    """The full `caer fit` configuration for a config file and overrides (as --print_config gives it)."""
-    from caer_lightning.cli import build_cli
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not recommended to provide both args and command line")
-        build_cli(["fit", "--config", config, *overrides, "--print_config"])
-    text = out.getvalue()
-    if not text.strip():
-        raise ValueError(f"could not resolve --config {config} with overrides {overrides}")
-    return yaml.safe_load(text)
-
-
-def arm_config(base: dict, arm: str, seed: int, run_dir: Path, callback_args: dict | None = None) -> dict:
-    """`base` for one arm: without any CAReLUCallback (relu) or with one (carelu; the config's own if it has
-    one, its init_args updated with `callback_args`), the seed set, logs and checkpoints in `run_dir`, and a
-    RunRecorder."""
-    config = json.loads(json.dumps(base))
-    trainer = config.setdefault("trainer", {})
-    callbacks = [c for c in trainer.get("callbacks") or [] if isinstance(c, dict)]
-    own = [c for c in callbacks if c.get("class_path") == CALLBACK]
-    others = [c for c in callbacks if c.get("class_path") not in (CALLBACK, RECORDER)]
-    if arm == "carelu":
-        own = own or [{"class_path": CALLBACK}]
-        for callback in own:
-            callback["init_args"] = {**(callback.get("init_args") or {}), **(callback_args or {})}
-        others = own + others
-    others.append({"class_path": RECORDER, "init_args": {"path": str(run_dir / "metrics.json")}})
-    trainer["callbacks"] = others
-    trainer["default_root_dir"] = str(run_dir)
-    logger = trainer.get("logger")
-    if isinstance(logger, dict) and "save_dir" in logger.get("init_args", {}):
-        logger["init_args"]["save_dir"] = str(run_dir)
-    config["seed_everything"] = seed
-    config["test_after_fit"] = True
-    return config
-
-
-def run_arm(
-    base: dict, arm: str, seed: int, out: Path, *, label: str | None = None, callback_args: dict | None = None,
-    env: dict[str, str] | None = None,
-) -> dict:
-    """Train one arm of one seed in its own process (skipped if it finished before); returns its record.
-
-    `label` names the run (its folder and its "arm" in the record; default `arm`), `callback_args` update the
-    CAReLU callback's init_args, `env` is the process environment (default: this one's)."""
-    label = label or arm
-    run_dir = out / f"seed{seed}" / label
-    result_path = run_dir / "result.json"
-    if result_path.is_file():
-        result = json.loads(result_path.read_text())
-        if result["status"] == "ok":
-            return {**result, "skipped": True}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(arm_config(base, arm, seed, run_dir, callback_args), sort_keys=False))
-    log_path = run_dir / "output.log"
-    start = time.time()
-    with open(log_path, "w") as log:
-        done = subprocess.run([sys.executable, "-m", "caer_lightning.cli", "fit", "--config", str(config_path)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
-    metrics_path = run_dir / "metrics.json"
-    result: dict[str, Any] = {"seed": seed, "arm": label, "seconds": time.time() - start}
-    if done.returncode == 0 and metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        result.update(status="ok", **{k: v for k, v in metrics.items() if k != "batches"})
-        result["step_seconds_median"] = statistics.median(metrics["step_seconds"])
-        result["final_val_acc"] = metrics["val_acc"][-1] if metrics["val_acc"] else None
-    else:
-        tail = log_path.read_text().strip().splitlines()[-3:]
-        result.update(status="failed", error=f"exit code {done.returncode}: " + " | ".join(tail))
-    result_path.write_text(json.dumps(result))
-    return result
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -175,17 +28,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def paired_difference(carelu: list[float], relu: list[float]) -> dict[str, float | None]:
-    """Mean of the per-seed differences (CAReLU − ReLU) with a 95% t confidence interval."""
+    """Mean of the per-seed differences (CAReLU − ReLU) with the 95% paired t confidence interval (scipy's)."""
     from scipy import stats
 
-    differences = [c - r for c, r in zip(carelu, relu)]
-    if not differences:
+    n = min(len(carelu), len(relu))  # the seeds paired: carelu[i] with relu[i]
+    carelu, relu = list(carelu)[:n], list(relu)[:n]
+    if n == 0:
         return {"mean": None, "low": None, "high": None, "n": 0}
-    mean = statistics.fmean(differences)
-    if len(differences) < 2:
+    mean = statistics.fmean(c - r for c, r in zip(carelu, relu))
+    if n < 2:
         return {"mean": mean, "low": None, "high": None, "n": 1}
-    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(differences)}
+    with warnings.catch_warnings():  # differences (nearly) all equal: scipy warns, and the interval is the mean
+        warnings.filterwarnings("ignore", message="Precision loss occurred in moment calculation")
+        interval = stats.ttest_rel(carelu, relu).confidence_interval(0.95)
+    return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": n}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -250,6 +106,7 @@ def plot_figure(runs: list[dict]):
     """Validation accuracy per epoch: each seed a thin line, each arm's mean over seeds a thick one, in the
     arm's colour; integer epochs on the x axis."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4.5), dpi=120)
     axes = figure.add_subplot()
@@ -264,7 +121,7 @@ def plot_figure(runs: list[dict]):
             axes.plot(range(1, length + 1), mean, color=colour, linewidth=2.5, marker="o", markersize=4,
                       label=f"{arm}: mean of {len(curves)} seeds")
             epochs_seen = max(epochs_seen, max(len(c) for c in curves))
-    axes.set_xticks(range(1, epochs_seen + 1))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.set_xlim(0.5, epochs_seen + 0.5)
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")

@@ -1,58 +1,71 @@
-"""The `caer` command: LightningCLI with fit/validate/test/predict, models and data chosen by class_path,
-`caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU, and `caer stability`
-(caer_lightning/stability.py), a sweep over seeds that counts diverged runs."""
+"""The `caer` command: LightningCLI's fit/validate/test/predict (caer_lightning/lightning_cli.py), models and data
+chosen by class_path, `caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU, and
+`caer stability` (caer_lightning/stability.py), a sweep over seeds that counts diverged runs.
+
+`caer`, `caer -h` and `caer --help` list them all; `caer SUBCOMMAND --help` gives one's options."""
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import Trainer
 
+from caer_lightning import ab, stability
+from caer_lightning.lightning_cli import CAReLUCLI, build_cli
 
-class CAReLUCLI(LightningCLI):
-    """LightningCLI whose `fit` can also test when it ends (`--test_after_fit true`): the best checkpoint if
-    a ModelCheckpoint saved one, else the final weights."""
+__all__ = ["CAReLUCLI", "build_cli", "main"]  # CAReLUCLI, build_cli: from lightning_cli, importable here as before
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=False,
-            help="after fit, run the test loop on the best checkpoint (fit only)",
-        )
-
-    def after_fit(self) -> None:
-        if not self.config[self.subcommand].get("test_after_fit"):
-            return
-        checkpoint = self.trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+SCRIPTS = {"ab": ab, "stability": stability}  # subcommands with their own argparse parser: module.main(argv)
 
 
-def build_cli(args: Any = None, run: bool = True) -> CAReLUCLI:
-    """The `caer` LightningCLI; `args` replaces sys.argv (a list, or a dict/Namespace config)."""
-    return CAReLUCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line ("`caer ab`: " and the like left off)."""
+    paragraph = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    if paragraph.startswith("`caer "):
+        paragraph = paragraph.partition(": ")[2]
+    sentence = paragraph.split(". ")[0].rstrip(".")
+    return sentence[:1].upper() + sentence[1:] + "." if sentence else ""
+
+
+def subcommands() -> dict[str, str]:
+    """Every subcommand of `caer` with a one-line description: LightningCLI's (from the Trainer method each runs),
+    then ab and stability (from their module docstrings)."""
+    lightning = {name: first_sentence(getattr(Trainer, name).__doc__) for name in CAReLUCLI.subcommands()}
+    return {**lightning, **{name: first_sentence(module.__doc__) for name, module in SCRIPTS.items()}}
+
+
+def help_text() -> str:
+    """What `caer --help` prints: every subcommand with its one-line description, and how to get one's options."""
+    names = subcommands()
+    width = max(map(len, names)) + 2
+    lightning = [name for name in names if name not in SCRIPTS]
+    return "\n".join([
+        "usage: caer SUBCOMMAND [options]",
+        "",
+        "CAReLU for PyTorch Lightning: train, evaluate and compare models from a YAML config.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}{description}" for name, description in names.items()),
+        "",
+        f"{', '.join(lightning[:-1])} and {lightning[-1]} are LightningCLI's: model, data and callbacks chosen by",
+        "class_path in a YAML config, e.g. `caer fit --config configs/quickstart.yaml`.",
+        "Options of one subcommand: `caer SUBCOMMAND --help`, e.g. `caer fit --help`, `caer ab --help`.",
+    ]) + "\n"
 
 
 def main() -> None:
     """Entry point of the `caer` console script: `caer ab ...` runs an A/B test, `caer stability ...` a
-    stability sweep, anything else LightningCLI."""
-    if sys.argv[1:2] == ["ab"]:
-        from caer_lightning import ab
-
-        ab.main(sys.argv[2:])
-    elif sys.argv[1:2] == ["stability"]:
-        from caer_lightning import stability
-
-        stability.main(sys.argv[2:])
+    stability sweep, `caer`, `caer -h`, `caer --help` list the subcommands, anything else goes to LightningCLI."""
+    argv = sys.argv[1:]
+    if not argv:
+        sys.stderr.write(help_text() + "caer: error: a subcommand is required\n")
+        sys.exit(2)
+    if argv[0] in ("-h", "--help"):
+        sys.stdout.write(help_text())
+        return
+    if argv[0] in SCRIPTS:
+        SCRIPTS[argv[0]].main(argv[1:])
     else:
         build_cli()
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from caer_lightning.ab import resolved_config, run_arm
 from caer_lightning.guards import SATURATION_LIMIT
+from caer_lightning.runner import resolved_config, run_arm
 
 DEFAULT_ARMS = ("relu", "carelu", "carelu:lr_scale=1.0")
 LOSS_RISE = 2.0  # an epoch's mean train loss above this multiple of the first epoch's: diverged

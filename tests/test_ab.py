@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
+from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from caer_lightning import ab
@@ -100,13 +102,18 @@ def test_a_failing_arm_is_reported(tmp_path):
     assert "| 0 | carelu | **failed**" in report
 
 
+def visible_xticks(axes) -> list[float]:
+    low, high = axes.get_xlim()
+    return [float(t) for t in axes.get_xticks() if low <= t <= high]
+
+
 def test_plot_integer_epochs_thin_seeds_thick_means():
     from caer_lightning.ab import ARM_COLOURS, plot_figure
 
     runs = [dict(seed=s, arm=a, status="ok", val_acc=[v + s * 0.01]) for s in range(3)
             for a, v in (("relu", 0.5), ("carelu", 0.6))]
     axes = plot_figure(runs).axes[0]
-    assert [t.get_text() for t in axes.get_xticklabels()] == ["1"]  # one epoch: no fractional ticks
+    assert visible_xticks(axes) == [1]  # one epoch: no fractional ticks
     lines = axes.get_lines()
     thick = [l for l in lines if l.get_linewidth() > 2]
     thin = [l for l in lines if l.get_linewidth() < 1]
@@ -116,3 +123,25 @@ def test_plot_integer_epochs_thin_seeds_thick_means():
         expected = (0.5 if arm == "relu" else 0.6) + 0.01
         assert list(line.get_ydata()) == [pytest.approx(expected)]  # the mean of seeds 0, 1, 2
     assert ARM_COLOURS["relu"] != ARM_COLOURS["carelu"]
+
+
+def test_plot_many_epochs_few_integer_ticks():
+    from caer_lightning.ab import plot_figure
+
+    runs = [dict(seed=0, arm=a, status="ok", val_acc=[0.5 + 0.01 * e for e in range(30)]) for a in ab.ARMS]
+    ticks = visible_xticks(plot_figure(runs).axes[0])
+    assert all(t == int(t) for t in ticks) and 3 <= len(ticks) <= 11, ticks  # not one tick per epoch
+
+
+def test_paired_difference_is_the_paired_t_interval():
+    carelu, relu = [0.91, 0.88, 0.935, 0.90, 0.87], [0.89, 0.885, 0.90, 0.86, 0.872]
+    differences = [c - r for c, r in zip(carelu, relu)]
+    mean = statistics.fmean(differences)
+    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    result = ab.paired_difference(carelu, relu)
+    assert result == {"mean": pytest.approx(mean), "low": pytest.approx(mean - half),
+                      "high": pytest.approx(mean + half), "n": 5}
+    assert ab.paired_difference([], []) == {"mean": None, "low": None, "high": None, "n": 0}
+    assert ab.paired_difference([0.9], [0.8]) == {"mean": pytest.approx(0.1), "low": None, "high": None, "n": 1}
+    same = ab.paired_difference([0.9, 0.8], [0.8, 0.7])  # no spread: the interval is the mean
+    assert same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)
