@@ -76,6 +76,19 @@ def test_optimizer_group_alone_keeps_its_ratio_under_a_floor():
     assert group.config == dict(lr=None, lr_scale=None, weight_decay=0.0)
 
 
+def test_optimizer_group_goes_to_the_optimizer_holding_alpha_with_its_weight_decay():
+    model = net()
+    swap_activations(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CAReLU)}
+    carelu = [p for m in layers.values() for p in (m.alpha, m.beta)]
+    weights = torch.optim.SGD([p for p in model.parameters() if all(p is not q for q in carelu)], lr=0.1)
+    own = torch.optim.Adam(carelu, lr=0.01)
+    group = CAReLUGroup(weight_decay=0.002)
+    group.attach([weights, own], [], model, layers)
+    assert [held for held, _ in group.groups] == [own] and len(weights.param_groups) == 1
+    assert own.param_groups[-1]["weight_decay"] == 0.002 and own.param_groups[-1]["lr"] == pytest.approx(0.01)
+
+
 def test_optimizer_group_leaves_unheld_parts_frozen():
     model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Sequential(nn.Linear(2, 2), nn.ReLU()),
                           nn.Linear(2, 2))
@@ -129,10 +142,11 @@ def test_heat_maps_budget(monkeypatch):
 
     class Writer:
         def __init__(self):
-            self.tags = []
+            self.tags, self.figures = [], []
 
         def add_figure(self, tag, figure, step, close):
             self.tags.append((tag, step))
+            self.figures.append(figure)
 
     layer, monitor = CAReLU(), Monitor()
     monitor.start({"act": layer}, every=1)
@@ -143,6 +157,10 @@ def test_heat_maps_budget(monkeypatch):
     maps.draw([writer], monitor, step=1)
     maps.draw([writer], monitor, step=1)  # once per step
     assert writer.tags == [("carelu_1/energy_ratio_map", 1), ("carelu_1/scale_map", 1), ("carelu_1/saturation_map", 1)]
+    ranges = [figure.axes[1].get_ylim() for figure in writer.figures]  # the colour bars
+    assert ranges == [pytest.approx((0.0, 1.0)), pytest.approx((-2.0, 2.0)), pytest.approx((0.0, 4.5))]
+    maps.draw([], monitor, step=2)
+    assert len(writer.tags) == 3 and maps.step == 1  # nothing to draw into: nothing drawn
 
 
 class TwoCalls(nn.Module):

@@ -33,6 +33,7 @@ def test_every_reach_is_named_in_this_file():
 def test_missing_names_the_package_version_and_what_is_lost():
     message = str(_compat.missing(_compat.SPAWN_RECOVERY, "gone"))
     assert f"lightning {LIGHTNING} has no" in message and "_recover_results_in_main_process (gone)" in message
+    assert "_recover_results_in_main_process; it was" in str(_compat.missing(_compat.SPAWN_RECOVERY))  # no detail
     assert "checked on lightning 2.4-2.6" in message and "Not supported with this version: spawn/fork" in message
     assert ".".join(map(str, _compat.installed_version("torch"))) == torch.__version__.split("+")[0]
     assert _compat.installed_version("no-such-package-here") == (0,)
@@ -71,9 +72,9 @@ def test_spawn_strategy_without_the_recovery_is_refused_before_training(monkeypa
 
 
 # _compat.SWA_COPY, _compat.EMA_COPY
-@pytest.mark.parametrize("make", [lambda: StochasticWeightAveraging(swa_lrs=0.1), lambda: WeightAveraging()],
-                         ids=["swa", "ema"])
-def test_averaged_model_of_weight_averaging_callbacks(make):
+@pytest.mark.parametrize("make,reach", [(lambda: StochasticWeightAveraging(swa_lrs=0.1), "StochasticWeightAveraging"),
+                                        (lambda: WeightAveraging(), "WeightAveraging")], ids=["swa", "ema"])
+def test_averaged_model_of_weight_averaging_callbacks(make, reach):
     callback = make()
     assert _compat.averaged_model(callback) is None  # before its setup
     model = TinyNet()
@@ -81,8 +82,11 @@ def test_averaged_model_of_weight_averaging_callbacks(make):
     assert _compat.averaged_model(callback) is callback._average_model.module  # the copy, unwrapped
     callback._average_model = model
     assert _compat.averaged_model(callback) is model
+    callback._average_model = "not a model"
+    assert _compat.averaged_model(callback) is None
     del callback._average_model
-    with pytest.raises(_compat.MissingPrivateAPI, match=f"lightning {LIGHTNING} has no .*_average_model"):
+    message = f"lightning {LIGHTNING} has no lightning.pytorch.callbacks.{reach}._average_model \\({reach} holds no"
+    with pytest.raises(_compat.MissingPrivateAPI, match=message):
         _compat.averaged_model(callback)
 
 
@@ -136,9 +140,11 @@ def test_child_schedulers_of_sequential_and_chained():
     assert _compat.child_schedulers(sequential) == [first, second]
     assert _compat.child_schedulers(lr_scheduler.ChainedScheduler([first, second])) == [first, second]
     assert _compat.child_schedulers(first) == []
-    del sequential._schedulers
-    with pytest.raises(_compat.MissingPrivateAPI, match="SequentialLR keeps no _schedulers"):
-        _compat.child_schedulers(sequential)
+    chained = lr_scheduler.ChainedScheduler([first, second])
+    for scheduler in (sequential, chained):
+        del scheduler._schedulers
+        with pytest.raises(_compat.MissingPrivateAPI, match=f"{type(scheduler).__name__} keeps no _schedulers"):
+            _compat.child_schedulers(scheduler)
 
 
 # _compat.TRANSFORMER_FAST_PATH
@@ -150,7 +156,8 @@ def test_transformer_fast_path_flag():
     _compat.set_fast_path_flag(relu, 0)
     assert relu.activation_relu_or_gelu == 0
     del relu.activation_relu_or_gelu
-    with pytest.raises(_compat.MissingPrivateAPI, match=f"torch {TORCH} has no .*activation_relu_or_gelu"):
+    with pytest.raises(_compat.MissingPrivateAPI,
+                       match=f"torch {TORCH} has no .*\\(TransformerEncoderLayer has no activation_relu_or_gelu\\)"):
         _compat.fast_path_flag(relu)
 
 

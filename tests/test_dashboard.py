@@ -216,3 +216,72 @@ def test_logging_off_measures_nothing(tmp_path):
     trainer(logger=CSVLogger(tmp_path), callbacks=[callback], max_steps=3).fit(model, loader())
     assert not any(m.track_statistics or m.pop_statistics() is not None
                    for m in model.modules() if isinstance(m, CAReLU))
+
+
+def _table(rows: list[dict]) -> torch.Tensor:
+    """A statistics table from per-layer field values and histogram counts, laid out by field name."""
+    from caer_lightning import statistics
+
+    table = torch.zeros(len(rows), statistics.WIDTH)
+    for row, values in zip(table, rows):
+        for field, value in values.items():
+            if field == "histogram":
+                statistics.histogram(row)[:] = torch.tensor(value, dtype=torch.float32)
+            else:
+                row[statistics.FIELDS.index(field)] = value
+    return table
+
+
+def test_scalars_are_means_per_group_and_skip_layers_that_did_not_run():
+    table = _table([dict(sum_p=3.0, sum_s=-2.0, neg_win=1.0, sum_saturation=8.0, groups=4.0), dict()])
+    metrics = dashboard.scalars(["a", "b"], table, torch.tensor([[0.5, 1.5], [0.0, 0.25]]))
+    assert metrics == {"carelu/a/energy_ratio": 0.75, "carelu/a/scale": -0.5, "carelu/a/neg_win": 0.25,
+                       "carelu/a/saturation": 2.0, "carelu/a/alpha": 0.5, "carelu/a/beta": 1.5,
+                       "carelu/b/alpha": 0.0, "carelu/b/beta": 0.25}
+
+
+def test_histograms_are_written_from_the_binned_counts():
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_histogram_raw(self, tag, **kwargs):
+            self.calls.append((tag, kwargs))
+
+    counts = [0.0] * 20
+    counts[3], counts[7] = 2.0, 1.0  # p in [0.15, 0.2) twice and in [0.35, 0.4) once
+    table = _table([dict(groups=3.0, sum_p=0.9, sum_p2=0.3, histogram=counts), dict(groups=0.0)])
+    writer = Writer()
+    dashboard.write_histograms(writer, ["a", "b"], table, step=7)
+    (tag, kwargs), = writer.calls  # nothing for a layer without counts
+    assert tag == "carelu/a/p"
+    assert kwargs["min"] == pytest.approx(0.15) and kwargs["max"] == pytest.approx(0.40)
+    assert (kwargs["num"], kwargs["sum"], kwargs["sum_squares"]) == pytest.approx((3.0, 0.9, 0.3))
+    assert kwargs["bucket_limits"] == pytest.approx([(i + 1) * 0.05 for i in range(20)])
+    assert kwargs["bucket_counts"] == counts and kwargs["global_step"] == 7
+
+
+def test_summary_table_and_layout_exactly():
+    final = {"carelu/a/energy_ratio": 0.61234, "carelu/a/scale": 1.0, "carelu/a/neg_win": 0.0,
+             "carelu/a/alpha": -0.5, "carelu/a/beta": 0.549306}
+    table = dashboard.summary_table(["a", "b"], final, {"a": "saturated"})
+    assert table.splitlines() == [
+        "| layer | energy ratio | scale | neg-win | α | β | flags |", "|---|---|---|---|---|---|---|",
+        "| a | 0.6123 | 1 | 0 | -0.5 | 0.5493 | saturated |", "| b | – | – | – | – | – |  |",
+    ]
+    layout = dashboard.custom_scalars_layout(["a", "b"])
+    assert list(layout) == ["CAReLU"] and list(layout["CAReLU"]) == list(QUANTITIES)
+    assert layout["CAReLU"]["beta"] == ["Multiline", ["carelu/a/beta", "carelu/b/beta"]]
+
+
+@pytest.mark.parametrize("count", [1, 2, 9, 10, 11, 17, 33, 120])
+def test_thinned_ticks_cover_the_rows_evenly(count):
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = dashboard._thinned(MaxNLocator(nbins=10, integer=True, min_n_ticks=1), count)
+    steps = {b - a for a, b in zip(ticks, ticks[1:])}
+    assert ticks[0] == 0 and ticks[-1] < count and len(steps) <= 1 and len(ticks) <= 11
+    step = steps.pop() if steps else 1
+    assert count - 1 - ticks[-1] < step  # the last rows are never left without a nearby label
+    if count <= 10:
+        assert ticks == list(range(count))

@@ -44,6 +44,16 @@ def test_groups_follow_the_policy_by_optimizer_family(optimizer, scale):
     assert built.param_groups[0]["weight_decay"] == 0.01 and built.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_the_lr_rule_in_words():
+    from caer_lightning.lr_policy import lr_rule
+
+    assert lr_rule(torch.optim.SGD, 0.01, None) == "lr=0.01"
+    assert lr_rule(torch.optim.SGD, None, 0.5) == "lr_scale=0.5"
+    assert lr_rule(torch.optim.SGD, None, None) == f"lr_scale={SGD_LR_SCALE:g}, the default for SGD"
+    adam = torch.optim.Adam([nn.Parameter(torch.ones(1))])
+    assert lr_rule(adam, None, None) == f"lr_scale={ADAPTIVE_LR_SCALE:g}, the default for Adam"
+
+
 def test_an_optimizer_that_takes_betas_counts_as_adaptive():
     class Lion(torch.optim.Optimizer):  # timm's Lion, AdaBelief, Lamb: Adam's betas, no torch.optim base class
         def __init__(self, params, lr=1e-4, betas=(0.9, 0.99)):
@@ -74,7 +84,7 @@ def test_bad_arguments_are_named(kwargs, argument):
 
 
 def test_a_model_without_carelu_is_refused():
-    with pytest.raises(ValueError, match="has no CAReLU layer: swap its activations first"):
+    with pytest.raises(ValueError, match=r"^model \(Sequential\) has no CAReLU layer: swap its activations first"):
         carelu_param_groups(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), torch.optim.SGD, lr=0.1)
 
 

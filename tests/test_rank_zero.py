@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -33,9 +34,17 @@ def test_the_first_variable_wins_and_junk_is_skipped(no_rank):
     assert global_rank() == 1
 
 
+def library_function() -> None:
+    rank_zero_warn("said")
+
+
 def test_only_rank_zero_warns(no_rank):
-    with pytest.warns(UserWarning, match="^said$"):
-        rank_zero_warn("said")
+    with pytest.warns(UserWarning, match="^said$") as caught:
+        line = inspect.currentframe().f_lineno + 1
+        library_function()
+    assert (caught[0].filename, caught[0].lineno) == (__file__, line)  # like warnings.warn(stacklevel=2)
+    with pytest.warns(DeprecationWarning, match="^old$"):
+        rank_zero_warn("old", DeprecationWarning)
     no_rank.setenv("RANK", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
