@@ -3,6 +3,8 @@ and its ratio, the monitor (statistics, guards, scalars), the heat maps' budget,
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -186,3 +188,33 @@ def test_call_probe_alone_reports_a_module_called_at_two_places():
     assert list(shared) == ["act"] and not probe.running
     model(torch.randn(2, 3))
     assert len(probe.places["loop_act"]) == 1
+
+
+def test_monitor_waits_for_the_optimizer_step_under_gradient_accumulation():
+    layer, monitor, logged = CAReLU(), Monitor(), []
+    monitor.start({"act": layer}, every=1)
+    batches = [torch.randn(4, 6), torch.randn(4, 6) - 1.0]
+    monitor.begin_step(0)
+    layer(batches[0])
+    monitor.end_step(0, lambda table: table, True, lambda metrics, at: logged.append((at, metrics)))
+    assert logged == []  # the optimizer has not stepped: still measuring step 0
+    monitor.begin_step(0)  # the next micro-batch of the same step
+    layer(batches[1])
+    monitor.end_step(1, lambda table: table, True, lambda metrics, at: logged.append((at, metrics)))
+    (at, metrics), = logged
+    expected = torch.cat([competition(b) for b in batches]).mean().item()  # both micro-batches, 8 groups
+    assert at == 0 and metrics["carelu/act/energy_ratio"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_monitor_summary_flags_what_happened():
+    layers = {"kept": CAReLU(), "flipped": CAReLU(beta_init=-3.5)}  # s = 2·tanh(-3.5) < 0, |α·p + β| = 3.5
+    monitor = Monitor()
+    monitor.start(layers, every=1)
+    monitor.begin_step(0)
+    for layer in layers.values():
+        layer(torch.randn(3, 5))
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) saturated by training step 0: flipped \(mean"):
+        monitor.end_step(1, lambda table: table, True, lambda metrics, at: None)
+    rows = {line.split(" | ")[0].strip("| "): line for line in monitor.summary().splitlines()[2:]}
+    assert rows["kept"].endswith("|  |") and rows["flipped"].endswith("| flipped sign, saturated |")
+    assert f"| {-2 * math.tanh(3.5):.4g} |" in rows["flipped"]  # the final scale, recomputed
