@@ -3,7 +3,9 @@
     caer ab --config configs/quickstart.yaml --seeds 3 --out ab/quickstart [--trainer.max_epochs 4 ...]
 
 Each (seed, arm) run is its own `caer fit` process with the same seed, so both arms of a seed see the same
-batches in the same order; a run that finished is skipped when `caer ab` is re-run with the same --out.
+batches in the same order; re-run with the same --out, a run that finished with the same configuration is
+reused (and said so), and a folder holding another experiment's run stops `caer ab` before any training.
+Exits non-zero when a run failed.
 Writes report.md (table), results.json (the same data) and val_acc.png (curves) into --out.
 """
 
@@ -18,7 +20,14 @@ from typing import Any
 
 # RunRecorder is not used here: it is imported so that `caer_lightning.ab.RunRecorder`, the class_path in the
 # configs of run folders written before it moved to runner.py, still loads.
-from caer_lightning.runner import RunRecorder, resolved_config, run_arm  # noqa: F401
+from caer_lightning.runner import (  # noqa: F401 - RunRecorder: old run folders' configs name it here
+    RunMismatch,
+    RunRecorder,
+    finished_run,
+    resolved_config,
+    run_arm,
+    run_key,
+)
 
 ARMS = ("relu", "carelu")
 
@@ -95,7 +104,8 @@ def markdown(config: str, seeds: int, runs: list[dict], summary: dict) -> str:
             lines.append(f"| {r['seed']} | {r['arm']} | ok | {r.get('final_val_acc', float('nan')):.4f} | "
                          f"{r.get('test_acc', float('nan')):.4f} | {r['step_seconds_median'] * 1e3:.1f} |")
         else:
-            lines.append(f"| {r['seed']} | {r['arm']} | **failed**: {r.get('error', '')[:200]} | | | |")
+            error = r.get("error", "").replace("|", "\\|")
+            lines.append(f"| {r['seed']} | {r['arm']} | **failed**: {error} | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,27 +152,31 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a caer/LightningCLI fit config")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ..., N-1); default 3")
-    parser.add_argument("--out", default="ab", help="output folder; re-running with it skips finished runs")
+    parser.add_argument("--out", default="ab", help="output folder; re-running with it reuses the runs that finished "
+                        "with the same configuration, and stops if it holds another experiment's")
     args, overrides = parser.parse_known_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds={args.seeds}: accepted values: an int >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = resolved_config(args.config, overrides)
+    jobs = [(seed, arm) for seed in range(args.seeds) for arm in ARMS]
+    try:  # before any training: a folder holding another experiment's run stops the whole A/B test
+        for seed, arm in jobs:
+            finished_run(out / f"seed{seed}" / arm, run_key(base, arm, seed, arm, None))
+    except RunMismatch as error:
+        raise SystemExit(f"caer ab: {error}") from None
     runs = []
-    total = 2 * args.seeds
-    for seed in range(args.seeds):
-        for arm in ARMS:
-            index = len(runs) + 1
-            print(f"[{index}/{total}] seed {seed}, {arm}: ", end="", flush=True)
-            result = run_arm(base, arm, seed, out)
-            runs.append(result)
-            if result.get("skipped"):
-                print("already finished, skipped", flush=True)
-            elif result["status"] == "ok":
-                print(f"done in {result['seconds']:.0f} s, val_acc {result.get('final_val_acc', float('nan')):.4f}", flush=True)
-            else:
-                print(f"FAILED ({result['error'][:200]}); see {out / f'seed{seed}' / arm / 'output.log'}", flush=True)
+    for index, (seed, arm) in enumerate(jobs, start=1):
+        print(f"[{index}/{len(jobs)}] seed {seed}, {arm}: ", end="", flush=True)
+        result = run_arm(base, arm, seed, out)
+        runs.append(result)
+        if result.get("skipped"):
+            print(f"reused from {result['reused_from']} (the same configuration, finished before)", flush=True)
+        elif result["status"] == "ok":
+            print(f"done in {result['seconds']:.0f} s, val_acc {result.get('final_val_acc', float('nan')):.4f}", flush=True)
+        else:
+            print(f"FAILED: {result['error']}\n    see {result['log']}", flush=True)
     summary = summarize(runs)
     results = {"config": args.config, "overrides": overrides, "seeds": args.seeds, "runs": runs, "summary": summary}
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -170,4 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     plot(runs, out / "val_acc.png")
     print((out / "report.md").read_text())
     print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'val_acc.png'}")
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"caer ab: {len(failed)} of {len(runs)} runs failed (their logs are named above); "
+                         "the report compares only the seeds where both arms finished")
     return results

@@ -23,6 +23,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser
 
+from caer_lightning import __version__
 from caer_lightning.activation import CAReLU
 from caer_lightning.lightning_cli import CAReLUCLI, build_cli
 
@@ -147,21 +148,68 @@ def arm_config(base: dict, arm: str, seed: int, run_dir: Path, callback_args: di
     return config
 
 
+class RunMismatch(RuntimeError):
+    """The output folder holds a finished run of another experiment under the same seed and arm."""
+
+
+def run_key(base: dict, arm: str, seed: int, label: str, callback_args: dict | None) -> dict:
+    """What a run is: the resolved configuration, the arm and its callback settings, the seed, and the version
+    of caer_lightning that ran it (JSON values, recorded in result.json and compared before reusing it)."""
+    key = {"config": base, "arm": arm, "label": label, "callback_args": callback_args or {}, "seed": seed,
+           "caer_lightning": __version__}
+    return json.loads(json.dumps(key))
+
+
+def differences(recorded: Any, wanted: Any, where: str = "") -> list[str]:
+    """The dotted paths at which two JSON values differ, each with both values."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        found = []
+        for name in sorted(set(recorded) | set(wanted), key=str):
+            path = f"{where}.{name}" if where else str(name)
+            if name not in recorded or name not in wanted:
+                found.append(f"{path}: {recorded.get(name, '(absent)')!r} -> {wanted.get(name, '(absent)')!r}")
+            else:
+                found += differences(recorded[name], wanted[name], path)
+        return found
+    return [] if recorded == wanted else [f"{where or '(value)'}: {recorded!r} -> {wanted!r}"]
+
+
+def finished_run(run_dir: Path, key: dict) -> dict | None:
+    """The record of the finished run in `run_dir` if it is the run `key` describes; None when there is none to
+    reuse (no record, or a failed run). Raises RunMismatch when it is another experiment's run."""
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        return None
+    result = json.loads(result_path.read_text())
+    if result.get("status") != "ok":
+        return None
+    recorded = result.get("key")
+    if recorded == key:
+        return {**result, "skipped": True, "reused_from": str(run_dir)}
+    found = differences(recorded, key) if recorded is not None else [
+        "(it was written before runs recorded their configuration)"]
+    shown = "; ".join(found[:6]) + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
+    raise RunMismatch(
+        f"{run_dir} holds a finished run of another experiment (recorded -> now: {shown}). Its numbers would "
+        "be reported as this one's: pass another --out, or delete that folder to run it again."
+    )
+
+
 def run_arm(
     base: dict, arm: str, seed: int, out: Path, *, label: str | None = None, callback_args: dict | None = None,
     env: dict[str, str] | None = None,
 ) -> dict:
-    """Train one arm of one seed in its own process (skipped if it finished before); returns its record.
+    """Train one arm of one seed in its own process, or reuse the finished run of the same experiment in its
+    folder (`finished_run`: a folder holding another experiment's run raises RunMismatch); returns its record.
 
     `label` names the run (its folder and its "arm" in the record; default `arm`), `callback_args` update the
     CAReLU callback's init_args, `env` is the process environment (default: this one's)."""
     label = label or arm
     run_dir = out / f"seed{seed}" / label
-    result_path = run_dir / "result.json"
-    if result_path.is_file():
-        result = json.loads(result_path.read_text())
-        if result["status"] == "ok":
-            return {**result, "skipped": True}
+    key = run_key(base, arm, seed, label, callback_args)
+    reused = finished_run(run_dir, key)
+    if reused is not None:
+        return reused
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(arm_config(base, arm, seed, run_dir, callback_args), sort_keys=False))
@@ -178,7 +226,10 @@ def run_arm(
         result["step_seconds_median"] = statistics.median(metrics["step_seconds"])
         result["final_val_acc"] = metrics["val_acc"][-1] if metrics["val_acc"] else None
     else:
-        tail = log_path.read_text().strip().splitlines()[-3:]
-        result.update(status="failed", error=f"exit code {done.returncode}: " + " | ".join(tail))
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else "no output"
+        result.update(status="failed", error=f"exit code {done.returncode}: {reason}", log=str(log_path))
+    result["key"] = key
+    result_path = run_dir / "result.json"
     result_path.write_text(json.dumps(result))
     return result

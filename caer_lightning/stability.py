@@ -9,7 +9,9 @@ Arms (`--arms`): `relu` (every CAReLUCallback removed), `carelu` (the config's c
 defaults unless the config sets them), and `carelu:KEY=VALUE,...` (the callback with init_args changed, e.g.
 `carelu:lr_scale=1.0`). Default: relu, carelu, carelu:lr_scale=1.0. Arguments it does not know go to
 LightningCLI as overrides of the config. Each run is its own `caer fit` process (as in `caer ab`, whose run
-folders, records and resume it shares); finished runs are skipped when re-run with the same --out.
+folders, records and resume it shares): re-run with the same --out, a run that finished with the same
+configuration is reused (and said so); a folder holding another experiment's run stops the sweep before any
+training. Exits non-zero when a run failed.
 
 A run counts as diverged when it
   - failed, or ended with a non-finite train loss, alpha or beta;
@@ -33,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from caer_lightning.guards import SATURATION_LIMIT
-from caer_lightning.runner import resolved_config, run_arm
+from caer_lightning.runner import RunMismatch, finished_run, resolved_config, run_arm, run_key
 
 DEFAULT_ARMS = ("relu", "carelu", "carelu:lr_scale=1.0")
 LOSS_RISE = 2.0  # an epoch's mean train loss above this multiple of the first epoch's: diverged
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=8, help="number of seeds (0, 1, ..., N-1); default 8")
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), help=f"default: {' '.join(DEFAULT_ARMS)}")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores / jobs threads)")
-    parser.add_argument("--out", default="stability", help="output folder; re-running with it skips finished runs")
+    parser.add_argument("--out", default="stability", help="output folder; re-running with it reuses the runs that "
+                        "finished with the same configuration, and stops if it holds another experiment's")
     args, overrides = parser.parse_known_args(argv)
     if args.seeds < 1 or args.jobs < 1:
         parser.error("--seeds and --jobs: accepted values: an int >= 1")
@@ -148,11 +151,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         seed, spec = job
         arm, callback_args = arms[spec]
         result = run_arm(base, arm, seed, out, label=label_of(spec), callback_args=callback_args, env=env)
-        print(f"seed {seed}, {spec}: {result['status']}, test acc {result.get('test_acc', float('nan')):.3f}",
-              flush=True)
+        said = f"reused from {result['reused_from']}" if result.get("skipped") else result["status"]
+        reason = f" ({result['error']}; see {result['log']})" if result["status"] != "ok" else ""
+        print(f"seed {seed}, {spec}: {said}, test acc {result.get('test_acc', float('nan')):.3f}{reason}", flush=True)
         return result
 
     jobs = [(seed, spec) for seed in range(args.seeds) for spec in args.arms]
+    try:  # before any training: a folder holding another experiment's run stops the whole sweep
+        for seed, spec in jobs:
+            arm, callback_args = arms[spec]
+            label = label_of(spec)
+            finished_run(out / f"seed{seed}" / label, run_key(base, arm, seed, label, callback_args))
+    except RunMismatch as error:
+        raise SystemExit(f"caer stability: {error}") from None
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(run, jobs))
     rows = summarize(args.arms, runs)
@@ -161,4 +172,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (out / "stability.md").write_text(f"`{command}`\n\n{table}")
     (out / "stability.json").write_text(json.dumps({"command": command, "rows": rows, "runs": runs}, indent=2))
     print(table)
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"caer stability: {len(failed)} of {len(runs)} runs failed (counted as diverged in the "
+                         "table; their reasons and logs are printed above)")
     return rows

@@ -82,8 +82,42 @@ def test_rerun_skips_finished_runs(two_seeds, capsys):
     result_file.unlink()  # as if `caer ab` had been interrupted during this run
     again = ab.main(["--config", QUICKSTART, "--seeds", "2", "--out", str(out), *TINY])
     printed = capsys.readouterr().out
-    assert printed.count("already finished, skipped") == 3 and "[4/4] seed 1, carelu: done" in printed
+    assert printed.count("(the same configuration, finished before)") == 3 and "[4/4] seed 1, carelu: done" in printed
+    assert f"[1/4] seed 0, relu: reused from {out / 'seed0' / 'relu'}" in printed
     assert [r["status"] for r in again["runs"]] == ["ok"] * 4
+
+
+def test_another_experiment_in_the_same_out_stops_before_training(two_seeds, capsys):
+    """README's sweeps one after another into one folder: the second must not report the first one's numbers."""
+    out, _ = two_seeds
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match=r"caer ab: .*seed0/relu holds a finished run of another experiment "
+                                         r"\(recorded -> now: config\.model\.init_args\.optimizer\.init_args\.lr: "
+                                         r"0\.05 -> 0\.01\)\. .*pass another --out"):
+        ab.main(["--config", QUICKSTART, "--seeds", "2", "--out", str(out), *TINY,
+                 "--model.init_args.optimizer.init_args.lr=0.01"])
+    assert "[1/4]" not in capsys.readouterr().out  # nothing ran, nothing was reused
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_recorded_without_its_configuration_is_not_reused(tmp_path):
+    from caer_lightning.runner import RunMismatch, differences, finished_run, run_key
+
+    run_dir = tmp_path / "seed0" / "relu"
+    run_dir.mkdir(parents=True)
+    key = run_key({"model": {"lr": 0.1}}, "relu", 0, "relu", None)
+    assert finished_run(run_dir, key) is None  # nothing there
+    (run_dir / "result.json").write_text(json.dumps({"status": "failed", "key": key}))
+    assert finished_run(run_dir, key) is None  # a failed run is run again
+    (run_dir / "result.json").write_text(json.dumps({"status": "ok", "test_acc": 0.5}))
+    with pytest.raises(RunMismatch, match="written before runs recorded their configuration"):
+        finished_run(run_dir, key)
+    (run_dir / "result.json").write_text(json.dumps({"status": "ok", "test_acc": 0.5, "key": key}))
+    assert finished_run(run_dir, key)["reused_from"] == str(run_dir)
+    other = run_key({"model": {"lr": 0.1}}, "carelu", 1, "carelu-lr_scale=1", {"lr_scale": 1.0})
+    assert differences(key, other) == [
+        "arm: 'relu' -> 'carelu'", "callback_args.lr_scale: '(absent)' -> 1.0", "label: 'relu' -> 'carelu-lr_scale=1'",
+        "seed: 0 -> 1"]
 
 
 def test_a_failing_arm_is_reported(tmp_path):
@@ -93,10 +127,15 @@ def test_a_failing_arm_is_reported(tmp_path):
             callback["init_args"]["include"] = "no_such_layer"  # matches nothing: the CAReLU arm must fail
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(config))
-    results = ab.main(["--config", str(path), "--seeds", "1", "--out", str(tmp_path / "out"), *TINY])
+    with pytest.raises(SystemExit, match=r"^caer ab: 1 of 2 runs failed"):
+        ab.main(["--config", str(path), "--seeds", "1", "--out", str(tmp_path / "out"), *TINY])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
     status = {r["arm"]: r["status"] for r in results["runs"]}
     assert status == {"relu": "ok", "carelu": "failed"}
-    assert "matched no module" in results["runs"][1]["error"]
+    error = results["runs"][1]["error"]
+    assert error.startswith("exit code 1: ") and "matched no module" in error
+    assert error.endswith("or widen include/exclude.")  # the whole reason, not cut
+    assert results["runs"][1]["log"].endswith("seed0/carelu/output.log")
     assert results["summary"]["failed"][0]["arm"] == "carelu" and results["summary"]["paired_seeds"] == []
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| 0 | carelu | **failed**" in report
