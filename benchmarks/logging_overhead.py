@@ -43,6 +43,14 @@ class StepClock(Callback):
         self.last = now
 
 
+LOG_EVERY = 50  # the Trainer's log_every_n_steps in both arms (the callback's default cadence)
+
+
+def logging_steps(warmup: int, steps: int, every: int = LOG_EVERY) -> list[int]:
+    """The logging steps (global steps, counted before the step) among the measured ones."""
+    return [k for k in range(warmup, warmup + steps) if k % every == 0]
+
+
 def run(log_every: int, args: argparse.Namespace, directory: str) -> dict[str, float]:
     """Mean step time, and the same over the steps with no logging and no epoch end in them: their ratio
     attributes the cost of logging within one run, free of run-to-run drift."""
@@ -50,7 +58,7 @@ def run(log_every: int, args: argparse.Namespace, directory: str) -> dict[str, f
     clock = StepClock(args.warmup)
     trainer = pl.Trainer(
         accelerator=args.device, devices=1, max_steps=args.warmup + args.steps, limit_val_batches=0,
-        log_every_n_steps=50, logger=TensorBoardLogger(directory, name=f"every{log_every}"),
+        log_every_n_steps=LOG_EVERY, logger=TensorBoardLogger(directory, name=f"every{log_every}"),
         callbacks=[CAReLUCallback(log_every_n_steps=None if log_every else 0), clock],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
@@ -58,9 +66,9 @@ def run(log_every: int, args: argparse.Namespace, directory: str) -> dict[str, f
     data = DigitsDataModule(batch_size=args.batch_size, image_size=args.image_size)
     trainer.fit(model, datamodule=data)
     steps = range(args.warmup + 1, args.warmup + 1 + len(clock.intervals))
-    # An interval holds step k's work; logging happens on steps where (k - 1) % 50 == 0 (global_step before
-    # the step), epoch-end work lands in the interval of an epoch's first batch.
-    clean = [t for t, k, b in zip(clock.intervals, steps, clock.batch_indices) if (k - 1) % 50 and b]
+    # An interval holds step k's work; logging happens on steps where (k - 1) % LOG_EVERY == 0 (global_step
+    # before the step), epoch-end work lands in the interval of an epoch's first batch.
+    clean = [t for t, k, b in zip(clock.intervals, steps, clock.batch_indices) if (k - 1) % LOG_EVERY and b]
     mean = statistics.fmean(clock.intervals)
     return {"mean": mean, "within_run_ratio": mean / statistics.fmean(clean)}
 
@@ -75,12 +83,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if not logging_steps(args.warmup, args.steps):
+        first = next(k for k in range(args.warmup, args.warmup + LOG_EVERY + 1) if k % LOG_EVERY == 0)
+        parser.error(f"--steps={args.steps}: with --warmup={args.warmup} no logging step (every {LOG_EVERY}) would "
+                     f"be measured, so there would be no overhead to report; accepted values: --steps > "
+                     f"{first - args.warmup}")
     warnings.filterwarnings("ignore")
 
     runs: dict[str, list[dict[str, float]]] = {"off": [], "default cadence": []}
     with tempfile.TemporaryDirectory() as directory:
         for repeat in range(args.repeats):
-            order = [("off", 0), ("default cadence", 50)]
+            order = [("off", 0), ("default cadence", LOG_EVERY)]
             for arm, log_every in order if repeat % 2 == 0 else order[::-1]:  # alternate who goes first
                 runs[arm].append(run(log_every, args, directory))
     mean = {arm: statistics.median(r["mean"] for r in runs[arm]) for arm in runs}

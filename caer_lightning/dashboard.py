@@ -22,7 +22,7 @@ MEANS = {"energy_ratio": "sum_p", "scale": "sum_s", "neg_win": "neg_win", "satur
 
 
 def key(name: str, quantity: str) -> str:
-    """The logged key of one quantity of one layer (SPEC §4)."""
+    """The logged key of one quantity of one layer (docs/spec.md §4)."""
     return f"carelu/{name}/{quantity}"
 
 

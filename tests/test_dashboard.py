@@ -1,4 +1,4 @@
-"""Dashboards: the SPEC §4 scalars, custom-scalars layout, histograms and heat maps, read back from disk."""
+"""Dashboards: the docs/spec.md §4 scalars, custom-scalars layout, histograms and heat maps, read back from disk."""
 
 from __future__ import annotations
 

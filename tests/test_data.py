@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
@@ -69,3 +70,21 @@ def test_cifar_standard_augmentation():
     steps = [type(t).__name__ for t in cifar.train_transform().transforms]
     assert steps == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
     assert cifar.train_transform().transforms[0].padding == 4
+
+
+def test_a_failed_download_leaves_no_folder_it_created(tmp_path, monkeypatch):
+    def half_written(root, *args, **kwargs):  # torchvision makes the folder, then the network fails
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-100-python.tar.gz").write_bytes(b"partial")
+        raise URLError("network unreachable")
+
+    monkeypatch.setattr(cifar, "CIFAR100", half_written)
+    with pytest.raises(FileNotFoundError, match=r"the download failed \(URLError: .*network unreachable"):
+        CIFAR100DataModule(data_dir=str(tmp_path / "data"), download=True).prepare_data()
+    assert not (tmp_path / "data").exists()
+    kept = tmp_path / "mine"
+    (kept / "notes.txt").parent.mkdir()
+    (kept / "notes.txt").write_text("the user's")
+    with pytest.raises(FileNotFoundError):
+        CIFAR100DataModule(data_dir=str(kept), download=True).prepare_data()
+    assert (kept / "notes.txt").read_text() == "the user's"  # a folder that was there is left as it was

@@ -1,7 +1,7 @@
 """The monitoring part of CAReLUCallback: every `every` training steps, each layer's statistics are measured on
 the device, reduced over processes in one collective, checked by the guards (non-finite α, β: an error on every
-rank; saturation: one warning), logged as scalars (SPEC §4 key names) and kept as a history for the heat maps and
-the train-end summary."""
+rank; saturation: one warning), logged as scalars (the key names of docs/spec.md §4) and kept as a history for
+the heat maps and the train-end summary."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -70,12 +71,16 @@ class CIFAR100DataModule(pl.LightningDataModule):
             return
         reason = "download is false"
         if self.hparams.download:
+            root = Path(self.hparams.data_dir).expanduser()
+            created = not root.exists()
             try:
                 CIFAR100(self.hparams.data_dir, train=True, download=True)
                 CIFAR100(self.hparams.data_dir, train=False, download=True)
                 return
             except Exception as error:  # no network, proxy, disk full, bad archive...
                 reason = f"the download failed ({type(error).__name__}: {error})"
+                if created:  # leave no empty or half-written folder behind
+                    shutil.rmtree(root, ignore_errors=True)
         raise FileNotFoundError(
             f"CIFAR-100 not found: looked for {', '.join(FILES)} in {self.folder} and {reason}. To provide the "
             f"files, download {ARCHIVE_URL} on a machine with internet access and extract it into "

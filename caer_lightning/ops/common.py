@@ -31,7 +31,7 @@ def check_finite_number(argument: str, value: object) -> None:
 
 
 def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
-    """The dims reduced to one competition value p for `reduction` (see SPEC §1)."""
+    """The dims reduced to one competition value p for `reduction` (see docs/spec.md §1)."""
     need = _MIN_DIMS[reduction]
     if z.dim() < need:
         layout = {"sample": "(N, ...)", "channel": "(N, C, ...)", "token": "(..., C)"}[reduction]
