@@ -7,7 +7,9 @@ chosen by class_path, `caer ab` (caer_lightning/ab.py), a paired A/B test of ReL
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
+import warnings
 
 from lightning.pytorch import Trainer
 
@@ -17,6 +19,31 @@ from caer_lightning.lightning_cli import CAReLUCLI, build_cli
 __all__ = ["CAReLUCLI", "build_cli", "main"]  # CAReLUCLI, build_cli: from lightning_cli, importable here as before
 
 SCRIPTS = {"ab": ab, "stability": stability}  # subcommands with their own argparse parser: module.main(argv)
+
+# What `caer` keeps off its users' screens, each matched narrowly: Lightning's advertisement for its cloud
+# products (logged once per Trainer), and torch's deprecation of `LeafSpec`, which Lightning's own
+# `utilities/_pytree.py` constructs on every loop (nothing a caer user can change). Anything else is shown.
+LIGHTNING_TIP = "💡 Tip:"
+RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+    "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+)
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+LIGHTNING_PYTREE = r"(lightning\.pytorch|pytorch_lightning)\.utilities\._pytree"
+
+
+class _WithoutTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_TIP)
+
+
+def quiet_lightning_notices() -> None:
+    """Hide Lightning's "💡 Tip:" banners and the LeafSpec deprecation torch raises inside Lightning."""
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WithoutTips) for f in logger.filters):
+            logger.addFilter(_WithoutTips())
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION, category=FutureWarning, module=LIGHTNING_PYTREE)
 
 
 def first_sentence(doc: str | None) -> str:
@@ -67,6 +94,7 @@ def main() -> None:
     if argv[0] in SCRIPTS:
         SCRIPTS[argv[0]].main(argv[1:])
     else:
+        quiet_lightning_notices()
         build_cli()
 
 
