@@ -23,10 +23,14 @@ from typing import Any
 from caer_lightning.runner import (  # noqa: F401 - RunRecorder: old run folders' configs name it here
     RunMismatch,
     RunRecorder,
+    baseline_activation,
+    baseline_title,
+    carelu_title,
     finished_run,
     resolved_config,
     run_arm,
     run_key,
+    tested_weights,
 )
 
 ARMS = ("relu", "carelu")
@@ -80,47 +84,61 @@ def _fmt(pair, scale: float = 1.0, digits: int = 4) -> str:
     return "n/a" if not pair else f"{pair[0] * scale:.{digits}f} ± {pair[1] * scale:.{digits}f}"
 
 
-def markdown(config: str, seeds: int, runs: list[dict], summary: dict) -> str:
+def memory_kind(runs: list[dict]) -> str:
+    """What "peak memory" measured in these runs ("process RSS" on CPU, "CUDA allocated" on a GPU)."""
+    kinds = sorted({r["peak_memory_kind"] for r in runs if r.get("peak_memory_kind")})
+    return " / ".join(kinds) if kinds else "peak"
+
+
+def markdown(config: str, seeds: int, runs: list[dict], summary: dict, base: dict | None = None) -> str:
+    """report.md: per-arm means, the paired difference with its interval, costs, and every run. `base` (the
+    resolved configuration) names the arms and the weights tested."""
+    base = base or {}
+    relu = baseline_activation(base)
     lines = [f"# A/B report: {config}", "",
-             f"{seeds} seeds; each seed trains both arms with the same seed and data order. "
-             f"Differences are CAReLU − ReLU over the {len(summary['paired_seeds'])} seeds where both arms finished.",
-             "", "| | ReLU | CAReLU | CAReLU − ReLU (95% CI) | ratio |", "|---|---|---|---|---|"]
-    for metric, label in (("final_val_acc", "final val accuracy"), ("test_acc", "test accuracy")):
+             f"{seeds} seeds; each seed trains both arms with the same seed and data order: "
+             f"{baseline_title(base)} and {carelu_title(base)}. "
+             f"Differences are CAReLU − {relu} over the {len(summary['paired_seeds'])} seeds where both arms finished.",
+             "", f"| | {relu} | CAReLU | CAReLU − {relu} (95% CI) | ratio |", "|---|---|---|---|---|"]
+    for metric, label in (("final_val_acc", "final val accuracy"),
+                          ("test_acc", f"test accuracy ({tested_weights(base)})")):
         d = summary[f"difference_{metric}"]
         diff = "n/a" if d["mean"] is None else (
             f"{d['mean']:+.4f}" + ("" if d["low"] is None else f" [{d['low']:+.4f}, {d['high']:+.4f}]"))
         lines.append(f"| {label} | {_fmt(summary['relu'][metric])} | {_fmt(summary['carelu'][metric])} | {diff} | |")
     for metric, label, scale, unit in (("step_seconds_median", "step time", 1e3, "ms"),
-                                       ("peak_memory_bytes", "peak memory", 2**-20, "MiB")):
+                                       ("peak_memory_bytes", "peak memory", 2**-20, f"{memory_kind(runs)}, MiB")):
         ratio = summary[f"ratio_{metric}"]
         lines.append(f"| {label} ({unit}) | {_fmt(summary['relu'][metric], scale, 1)} | "
                      f"{_fmt(summary['carelu'][metric], scale, 1)} | | {'n/a' if ratio is None else f'{ratio:.3f}'} |")
     params = {arm: "n/a" if not summary[arm]["params"] else f"{summary[arm]['params'][0]:,.0f}" for arm in ARMS}
     added = summary.get("params_added")
     lines.append(f"| parameters | {params['relu']} | {params['carelu']} | {'n/a' if added is None else f'+{added:,.0f}'} | |")
+    names = {"relu": relu, "carelu": "CAReLU"}
     lines += ["", "| seed | arm | status | final val acc | test acc | step (ms) |", "|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["seed"], ARMS.index(r["arm"]))):
         if r["status"] == "ok":
-            lines.append(f"| {r['seed']} | {r['arm']} | ok | {r.get('final_val_acc', float('nan')):.4f} | "
+            lines.append(f"| {r['seed']} | {names[r['arm']]} | ok | {r.get('final_val_acc', float('nan')):.4f} | "
                          f"{r.get('test_acc', float('nan')):.4f} | {r['step_seconds_median'] * 1e3:.1f} |")
         else:
             error = r.get("error", "").replace("|", "\\|")
-            lines.append(f"| {r['seed']} | {r['arm']} | **failed**: {error} | | | |")
+            lines.append(f"| {r['seed']} | {names[r['arm']]} | **failed**: {error} | | | |")
     return "\n".join(lines) + "\n"
 
 
 ARM_COLOURS = {"relu": "tab:blue", "carelu": "tab:orange"}
 
 
-def plot_figure(runs: list[dict]):
+def plot_figure(runs: list[dict], baseline: str = "ReLU"):
     """Validation accuracy per epoch: each seed a thin line, each arm's mean over seeds a thick one, in the
-    arm's colour; integer epochs on the x axis."""
+    arm's colour; integer epochs on the x axis. `baseline` names the arm without the callback."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4.5), dpi=120)
     axes = figure.add_subplot()
     epochs_seen = 1
+    names = {"relu": baseline, "carelu": "CAReLU"}
     for arm, colour in ARM_COLOURS.items():
         curves = [r["val_acc"] for r in runs if r["arm"] == arm and r["status"] == "ok" and r.get("val_acc")]
         for curve in curves:
@@ -129,13 +147,13 @@ def plot_figure(runs: list[dict]):
             length = min(len(c) for c in curves)
             mean = [sum(c[e] for c in curves) / len(curves) for e in range(length)]
             axes.plot(range(1, length + 1), mean, color=colour, linewidth=2.5, marker="o", markersize=4,
-                      label=f"{arm}: mean of {len(curves)} seeds")
+                      label=f"{names[arm]}: mean of {len(curves)} seeds")
             epochs_seen = max(epochs_seen, max(len(c) for c in curves))
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.set_xlim(0.5, epochs_seen + 0.5)
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
-    axes.set_title("ReLU vs CAReLU: validation accuracy (thin: one seed; thick: mean)")
+    axes.set_title(f"{baseline} vs CAReLU: validation accuracy (thin: one seed; thick: mean)")
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
@@ -143,8 +161,8 @@ def plot_figure(runs: list[dict]):
     return figure
 
 
-def plot(runs: list[dict], path: Path) -> None:
-    plot_figure(runs).savefig(path)
+def plot(runs: list[dict], path: Path, baseline: str = "ReLU") -> None:
+    plot_figure(runs, baseline).savefig(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -168,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"caer ab: {error}") from None
     runs = []
     for index, (seed, arm) in enumerate(jobs, start=1):
-        print(f"[{index}/{len(jobs)}] seed {seed}, {arm}: ", end="", flush=True)
+        title = baseline_title(base) if arm == "relu" else carelu_title(base)
+        print(f"[{index}/{len(jobs)}] seed {seed}, {title}: ", end="", flush=True)
         result = run_arm(base, arm, seed, out)
         runs.append(result)
         if result.get("skipped"):
@@ -180,8 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(runs)
     results = {"config": args.config, "overrides": overrides, "seeds": args.seeds, "runs": runs, "summary": summary}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "report.md").write_text(markdown(args.config, args.seeds, runs, summary))
-    plot(runs, out / "val_acc.png")
+    (out / "report.md").write_text(markdown(args.config, args.seeds, runs, summary, base))
+    plot(runs, out / "val_acc.png", baseline_activation(base))
     print((out / "report.md").read_text())
     print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'val_acc.png'}")
     failed = [r for r in runs if r["status"] != "ok"]

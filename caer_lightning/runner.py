@@ -6,6 +6,7 @@ It imports lightning_cli (the CLI itself), never cli.py, ab.py or stability.py, 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from caer_lightning import __version__
 from caer_lightning.activation import CAReLU
+from caer_lightning.callbacks.carelu import CAReLUCallback
 from caer_lightning.lightning_cli import CAReLUCLI, build_cli
 
 CALLBACK = "caer_lightning.CAReLUCallback"
@@ -89,6 +91,52 @@ class RunRecorder(Callback):
     def _write(self) -> None:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             Path(self.path).write_text(json.dumps(self.record))
+
+
+SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay")
+"""The callback's arguments that change what trains (the others pick the layers or the logging)."""
+
+
+def own_callback_args(base: dict) -> dict | None:
+    """init_args of the config's CAReLUCallback (its first), None when the config has none."""
+    callbacks = (base.get("trainer") or {}).get("callbacks") or []
+    own = [c for c in callbacks if isinstance(c, dict) and c.get("class_path") == CALLBACK]
+    return dict(own[0].get("init_args") or {}) if own else None
+
+
+def baseline_activation(base: dict) -> str:
+    """The activation the CAReLU arm replaces, by class name: what the config's callback targets ("GELU" for
+    `targets: [torch.nn.GELU]`), "ReLU" at the callback's default."""
+    targets = (own_callback_args(base) or {}).get("targets") or ["torch.nn.ReLU"]
+    names = [str(target.get("class_path", target) if isinstance(target, dict) else target) for target in targets]
+    return "/".join(name.rsplit(".", 1)[-1] for name in names)
+
+
+def baseline_title(base: dict) -> str:
+    """How reports name the arm trained without any CAReLUCallback, e.g. "ReLU (no callback)"."""
+    return f"{baseline_activation(base)} (no callback)"
+
+
+def carelu_title(base: dict, callback_args: dict | None = None) -> str:
+    """How reports name a CAReLU arm: "CAReLU, default" when the callback (the config's, updated with
+    `callback_args`) trains at its defaults, else the settings that differ, e.g. "CAReLU, `lr_scale=1.0`"."""
+    defaults = {name: p.default for name, p in inspect.signature(CAReLUCallback).parameters.items()}
+    args = {**(own_callback_args(base) or {}), **(callback_args or {})}
+    changed = [f"`{name}={args[name]}`" for name in SETTINGS if name in args and args[name] != defaults[name]]
+    return "CAReLU, " + (", ".join(changed) if changed else "default")
+
+
+def tested_weights(base: dict) -> str:
+    """Which weights `fit --test_after_fit` tests in runs of this config: the best checkpoint of the first
+    ModelCheckpoint that monitors a metric, else the final weights."""
+    callbacks = (base.get("trainer") or {}).get("callbacks") or []
+    for callback in callbacks:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(".ModelCheckpoint"):
+            init_args = callback.get("init_args") or {}
+            if init_args.get("monitor") and init_args.get("save_top_k", 1) != 0:
+                return f"checkpoint with the best {init_args['monitor']}"
+            break
+    return "final weights"
 
 
 class _Parsed(Exception):

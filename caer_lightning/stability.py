@@ -35,7 +35,9 @@ from pathlib import Path
 import yaml
 
 from caer_lightning.guards import SATURATION_LIMIT
-from caer_lightning.runner import RunMismatch, finished_run, resolved_config, run_arm, run_key
+from caer_lightning.runner import (
+    RunMismatch, baseline_activation, baseline_title, carelu_title, finished_run, resolved_config, run_arm, run_key,
+)
 
 DEFAULT_ARMS = ("relu", "carelu", "carelu:lr_scale=1.0")
 LOSS_RISE = 2.0  # an epoch's mean train loss above this multiple of the first epoch's: diverged
@@ -65,8 +67,9 @@ def largest_saturation(layers: dict[str, list[float]]) -> float:
     return max((max(abs(b), abs(a + b)) for a, b in layers.values()), default=0.0)
 
 
-def divergence(run: dict, relu: dict | None) -> list[str]:
-    """The reasons a run counts as diverged (empty: it did not)."""
+def divergence(run: dict, relu: dict | None, baseline: str = "ReLU") -> list[str]:
+    """The reasons a run counts as diverged (empty: it did not); `relu` is the same seed's run without the
+    callback, `baseline` the activation it kept."""
     if run["status"] != "ok":
         return ["failed"]
     reasons = []
@@ -79,11 +82,13 @@ def divergence(run: dict, relu: dict | None) -> list[str]:
         reasons.append(f"train loss > {LOSS_RISE:g}x epoch 1")
     if relu is not None and relu["status"] == "ok" and run.get("test_acc") is not None:
         if run["test_acc"] < relu["test_acc"] - ACCURACY_DROP:
-            reasons.append(f"test acc {run['test_acc']:.3f} < ReLU {relu['test_acc']:.3f} - {ACCURACY_DROP:g}")
+            reasons.append(f"test acc {run['test_acc']:.3f} < {baseline} {relu['test_acc']:.3f} - {ACCURACY_DROP:g}")
     return reasons
 
 
-def summarize(specs: list[str], runs: list[dict]) -> list[dict]:
+def summarize(specs: list[str], runs: list[dict], baseline: str = "ReLU") -> list[dict]:
+    """One row per arm: accuracy over seeds, paired difference to the no-callback arm, largest α and β, runs
+    saturated and diverged (`baseline`: the activation the no-callback arm kept, for the reasons' wording)."""
     relu = {r["seed"]: r for r in runs if r["arm"] == "relu"}
     rows = []
     for spec in specs:
@@ -91,7 +96,7 @@ def summarize(specs: list[str], runs: list[dict]) -> list[dict]:
         ok = [r for r in arm_runs if r["status"] == "ok" and r.get("test_acc") is not None]
         accuracies = [r["test_acc"] for r in ok]
         finals = [r["carelu"][-1] for r in ok if r.get("carelu")]
-        diverged = {r["seed"]: divergence(r, None if spec == "relu" else relu.get(r["seed"])) for r in arm_runs}
+        diverged = {r["seed"]: divergence(r, None if spec == "relu" else relu.get(r["seed"]), baseline) for r in arm_runs}
         paired = [r["test_acc"] - relu[r["seed"]]["test_acc"] for r in ok
                   if r["seed"] in relu and relu[r["seed"]].get("test_acc") is not None]
         rows.append({
@@ -112,8 +117,10 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(rows: list[dict], seeds: int) -> str:
-    lines = ["| arm | test acc (mean ± std) | min | Δ vs ReLU (paired mean) | largest \\|β\\| | largest \\|α\\| | "
+def markdown(rows: list[dict], seeds: int, titles: dict[str, str] | None = None, baseline: str = "ReLU") -> str:
+    """The table README shows: one row per arm, named by `titles` (arm spec -> title; default the spec)."""
+    titles = titles or {}
+    lines = [f"| arm | test acc (mean ± std) | min | Δ vs {baseline} (paired mean) | largest \\|β\\| | largest \\|α\\| | "
              f"runs with a saturated layer | diverged (of {seeds}) |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         is_relu = row["arm"] == "relu"
@@ -122,7 +129,7 @@ def markdown(rows: list[dict], seeds: int) -> str:
         diverged = len(row["diverged"])
         seeds_list = f" (seeds {', '.join(map(str, sorted(row['diverged'])))})" if diverged else ""
         lines.append(
-            f"| {row['arm']} | {accuracy} | {_number(row['test_acc_min'])} | {difference} | "
+            f"| {titles.get(row['arm'], row['arm'])} | {accuracy} | {_number(row['test_acc_min'])} | {difference} | "
             f"{'–' if is_relu else _number(row['max_abs_beta'], 2)} | {'–' if is_relu else _number(row['max_abs_alpha'], 2)} | "
             f"{'–' if is_relu else row['runs_saturated']} | {diverged}{seeds_list} |")
     return "\n".join(lines) + "\n"
@@ -166,8 +173,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"caer stability: {error}") from None
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(run, jobs))
-    rows = summarize(args.arms, runs)
-    table = markdown(rows, args.seeds)
+    baseline = baseline_activation(base)
+    titles = {spec: baseline_title(base) if arm == "relu" else carelu_title(base, callback_args)
+              for spec, (arm, callback_args) in arms.items()}
+    rows = summarize(args.arms, runs, baseline)
+    for row in rows:
+        row["title"] = titles[row["arm"]]
+    table = markdown(rows, args.seeds, titles, baseline)
     command = shlex.join(["caer", "stability", *(argv if argv is not None else sys.argv[1:])])
     (out / "stability.md").write_text(f"`{command}`\n\n{table}")
     (out / "stability.json").write_text(json.dumps({"command": command, "rows": rows, "runs": runs}, indent=2))

@@ -58,9 +58,11 @@ def test_json_has_both_arms_for_both_seeds_consistent_with_run_logs(two_seeds):
 def test_report_table_and_plot(two_seeds):
     out, _ = two_seeds
     report = (out / "report.md").read_text()
-    for row in ("| final val accuracy |", "| test accuracy |", "| step time (ms) |", "| peak memory (MiB) |",
-                "| parameters |", "| 0 | relu | ok |", "| 1 | carelu | ok |"):
+    for row in ("| final val accuracy |", "| test accuracy (checkpoint with the best val_acc) |",
+                "| step time (ms) |", "| peak memory (process RSS, MiB) |", "| parameters |", "| 0 | ReLU | ok |",
+                "| 1 | CAReLU | ok |", "| | ReLU | CAReLU | CAReLU − ReLU (95% CI) | ratio |"):
         assert row in report
+    assert "the same seed and data order: ReLU (no callback) and CAReLU, default." in report
     assert "95% CI" in report and "+34" in report
     image = Image.open(out / "val_acc.png")
     assert image.size[0] >= 600 and image.size[1] >= 400
@@ -82,8 +84,9 @@ def test_rerun_skips_finished_runs(two_seeds, capsys):
     result_file.unlink()  # as if `caer ab` had been interrupted during this run
     again = ab.main(["--config", QUICKSTART, "--seeds", "2", "--out", str(out), *TINY])
     printed = capsys.readouterr().out
-    assert printed.count("(the same configuration, finished before)") == 3 and "[4/4] seed 1, carelu: done" in printed
-    assert f"[1/4] seed 0, relu: reused from {out / 'seed0' / 'relu'}" in printed
+    assert printed.count("(the same configuration, finished before)") == 3
+    assert "[4/4] seed 1, CAReLU, default: done" in printed
+    assert f"[1/4] seed 0, ReLU (no callback): reused from {out / 'seed0' / 'relu'}" in printed
     assert [r["status"] for r in again["runs"]] == ["ok"] * 4
 
 
@@ -138,7 +141,7 @@ def test_a_failing_arm_is_reported(tmp_path):
     assert results["runs"][1]["log"].endswith("seed0/carelu/output.log")
     assert results["summary"]["failed"][0]["arm"] == "carelu" and results["summary"]["paired_seeds"] == []
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| 0 | carelu | **failed**" in report
+    assert "| 0 | CAReLU | **failed**" in report
 
 
 def visible_xticks(axes) -> list[float]:

@@ -4,6 +4,7 @@ one another without a circle, and runner.resolved_config is what `caer fit --pri
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,25 @@ def test_resolved_config_is_what_print_config_prints(overrides, tmp_path):
 def test_resolved_config_of_a_wrong_override_says_so():
     with pytest.raises(ValueError, match="could not resolve --config"):
         runner.resolved_config(QUICKSTART, ["--trainer.max_epochs=two"])
+
+
+def test_reports_name_the_arms_by_what_they_run():
+    quickstart = runner.resolved_config(QUICKSTART, [])
+    vit = runner.resolved_config(str(ROOT / "configs" / "digits" / "vit_gelu.yaml"), [])
+    assert runner.baseline_title(quickstart) == "ReLU (no callback)"
+    assert runner.baseline_activation(vit) == "GELU"  # the ViT config swaps GELUs: its baseline keeps GELU
+    assert runner.carelu_title(quickstart) == "CAReLU, default" == runner.carelu_title(vit)  # reduction picks layers
+    assert runner.carelu_title(quickstart, {"lr_scale": 1.0}) == "CAReLU, `lr_scale=1.0`"
+    assert runner.carelu_title(quickstart, {"lr_scale": None, "log_histograms": False}) == "CAReLU, default"
+    tuned = json.loads(json.dumps(quickstart))
+    tuned["trainer"]["callbacks"][0]["init_args"].update(K=3.0, eps=1e-5)
+    assert runner.carelu_title(tuned, {"weight_decay": 0.01}) == "CAReLU, `K=3.0`, `eps=1e-05`, `weight_decay=0.01`"
+    without = {"trainer": {"callbacks": [c for c in quickstart["trainer"]["callbacks"]
+                                         if c["class_path"] != runner.CALLBACK]}}
+    assert runner.baseline_activation(without) == "ReLU" and runner.carelu_title(without) == "CAReLU, default"
+    assert runner.tested_weights(quickstart) == "checkpoint with the best val_acc"
+    no_monitor = json.loads(json.dumps(quickstart))
+    for callback in no_monitor["trainer"]["callbacks"]:
+        if callback["class_path"].endswith(".ModelCheckpoint"):
+            callback["init_args"]["monitor"] = None
+    assert runner.tested_weights(no_monitor) == "final weights" == runner.tested_weights({})

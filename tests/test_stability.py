@@ -54,6 +54,13 @@ def test_summary_rows_and_table():
     assert list(scaled["diverged"]) == [0]
     table = stability.markdown([relu, scaled], seeds=2)
     assert "| carelu:lr_scale=1.0 | 0.770 ± 0.099 | 0.700 | -0.080 | 3.50 | 2.00 | 2 | 1 (seeds 0) |" in table
+    titles = {"relu": "GELU (no callback)", "carelu:lr_scale=1.0": "CAReLU, `lr_scale=1.0`"}
+    named = stability.markdown([relu, scaled], seeds=2, titles=titles, baseline="GELU")
+    assert named.splitlines()[0].startswith("| arm | test acc (mean ± std) | min | Δ vs GELU (paired mean) |")
+    assert "| GELU (no callback) | 0.850 ± 0.071 | 0.800 | – | – | – | – | 0 |" in named
+    assert "| CAReLU, `lr_scale=1.0` | 0.770 ± 0.099 |" in named
+    gelu = stability.summarize(["relu", "carelu:lr_scale=1.0"], runs, baseline="GELU")
+    assert gelu[1]["diverged"] == {0: ["test acc 0.700 < GELU 0.900 - 0.05"]}
 
 
 def test_tiny_sweep_end_to_end(tmp_path):
@@ -76,4 +83,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
         assert alpha == pytest.approx(state[f"{name}.alpha"].item()) and beta == pytest.approx(state[f"{name}.beta"].item())
     final = epochs[-1]
     assert rows[1]["max_abs_beta"] == pytest.approx(max(abs(b) for _, b in final.values()))
-    assert (tmp_path / "stability.md").read_text().startswith("`caer stability --config")
+    report = (tmp_path / "stability.md").read_text()
+    assert report.startswith("`caer stability --config") and "| Δ vs ReLU (paired mean) |" in report
+    assert "\n| ReLU (no callback) | " in report and "\n| CAReLU, `lr_scale=3.0` | " in report
+    assert [r["title"] for r in rows] == ["ReLU (no callback)", "CAReLU, `lr_scale=3.0`"]
