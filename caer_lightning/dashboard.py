@@ -73,13 +73,31 @@ def write_histograms(writer, names: Sequence[str], table: Tensor, step: int) -> 
         )
 
 
+MIN_COLOUR_SPAN = 1e-3  # a map whose values all (nearly) agree still gets a colour bar this wide
+
+
+def value_range(values: Tensor) -> tuple[float, float]:
+    """The smallest and largest finite value of a history (0, 1 when it has none), widened to
+    MIN_COLOUR_SPAN around their middle when they (nearly) agree: a colour range that spends its colours on
+    values some layer takes."""
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if high - low < MIN_COLOUR_SPAN:
+        middle = (low + high) / 2
+        low, high = middle - MIN_COLOUR_SPAN / 2, middle + MIN_COLOUR_SPAN / 2
+    return low, high
+
+
 def heatmap_figure(
     values: Tensor, steps: Sequence[int], names: Sequence[str], *, title: str, label: str, low: float, high: float,
     diverging: bool = False,
 ) -> Figure:
     """A labelled layers × logged-steps heat map of a (steps, layers) history: one row per layer, named on the y
     axis (model order, input side on top), the logged step on the x axis, and a colour bar with values. A
-    diverging map is centred on 0, so a layer whose value changes sign stands out."""
+    diverging map is centred on 0 (blue below, red above; its range is widened to reach 0 when all values have
+    one sign), so a layer whose value changes sign stands out."""
     from matplotlib.colors import Normalize, TwoSlopeNorm
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -90,7 +108,11 @@ def heatmap_figure(
     figure = Figure(figsize=(8.0, height), dpi=100)
     axes = figure.add_subplot()
     cmap = "RdBu_r" if diverging else "viridis"
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high) if diverging else Normalize(vmin=low, vmax=high)
+    if diverging:
+        low, high = min(low, -MIN_COLOUR_SPAN), max(high, MIN_COLOUR_SPAN)
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high)
+    else:
+        norm = Normalize(vmin=low, vmax=high)
     image = axes.imshow(rows, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
     # label every row while they fit (font ≥ 5 pt); beyond that as many as fit, so labels never overlap
     row_points = (height * 72 * 0.8) / max(layers, 1)

@@ -135,6 +135,38 @@ def test_monitor_guard_stops_every_rank_on_non_finite_parameters():
         monitor.end_step(1, lambda table: table, False, lambda metrics, at: None)  # not rank zero: still raises
 
 
+def _monitor_of_betas(*betas: float) -> Monitor:
+    """A monitor that logged one step of one CAReLU per beta (alpha 0), named act0, act1, ..."""
+    layers = {f"act{i}": CAReLU() for i in range(len(betas))}
+    for layer, beta in zip(layers.values(), betas):
+        with torch.no_grad():
+            layer.beta.fill_(beta)
+    monitor = Monitor()
+    monitor.start(layers, every=1)
+    monitor.begin_step(0)
+    for layer in layers.values():
+        layer(torch.randn(2, 3))
+    monitor.end_step(1, lambda table: table, True, lambda metrics, at: None)
+    return monitor
+
+
+def test_heat_maps_spend_their_colours_on_the_values_taken():
+    class Writer:
+        figures: list = []
+
+        def add_figure(self, tag, figure, step, close):
+            self.figures.append(figure)
+
+    writer = Writer()
+    HeatMaps().draw([writer], _monitor_of_betas(0.4, 0.9), step=1)
+    scale, saturation = writer.figures[1], writer.figures[2]
+    expected = (2.0 * math.tanh(0.4), 2.0 * math.tanh(0.9))
+    assert scale.axes[1].get_ylim() == pytest.approx(expected)  # not -K..K: every layer's positives won
+    assert scale.axes[0].get_images()[0].norm(expected[0]) == pytest.approx(0.0, abs=1e-6)  # the lowest colour
+    assert "no layer's negatives won" in scale.axes[0].get_title()
+    assert saturation.axes[1].get_ylim() == pytest.approx((0.4, 0.9))
+
+
 def test_heat_maps_budget(monkeypatch):
     maps = HeatMaps("carelu_1")
     maps.start(layers=10)
@@ -150,17 +182,18 @@ def test_heat_maps_budget(monkeypatch):
             self.tags.append((tag, step))
             self.figures.append(figure)
 
-    layer, monitor = CAReLU(), Monitor()
-    monitor.start({"act": layer}, every=1)
-    monitor.begin_step(0)
-    layer(torch.randn(2, 3))
-    monitor.end_step(1, lambda table: table, True, lambda metrics, at: None)
     writer = Writer()
+    monitor = _monitor_of_betas(0.5, -0.3)
     maps.draw([writer], monitor, step=1)
     maps.draw([writer], monitor, step=1)  # once per step
     assert writer.tags == [("carelu_1/energy_ratio_map", 1), ("carelu_1/scale_map", 1), ("carelu_1/saturation_map", 1)]
     ranges = [figure.axes[1].get_ylim() for figure in writer.figures]  # the colour bars
-    assert ranges == [pytest.approx((0.0, 1.0)), pytest.approx((-2.0, 2.0)), pytest.approx((0.0, 4.5))]
+    # with alpha = 0: s = K·tanh(beta) and the saturation is |beta|, whatever the input
+    scales = (2.0 * math.tanh(0.5), 2.0 * math.tanh(-0.3))
+    assert ranges == [pytest.approx((0.0, 1.0)), pytest.approx((scales[1], scales[0])), pytest.approx((0.3, 0.5))]
+    scale_image = writer.figures[1].axes[0].get_images()[0]
+    assert scale_image.norm(0.0) == pytest.approx(0.5)  # some layer's negatives won: centred on 0, blue below
+    assert "blue: negatives won" in writer.figures[1].axes[0].get_title()
     maps.draw([], monitor, step=2)
     assert len(writer.tags) == 3 and maps.step == 1  # nothing to draw into: nothing drawn
 

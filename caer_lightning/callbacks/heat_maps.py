@@ -38,15 +38,17 @@ class HeatMaps:
         if not writers or not monitor.history or step == self.step:
             return
         started = time.perf_counter()
-        K = max(m.K for m in monitor.modules)
-        saturation = monitor.history_of("sum_saturation")
-        top = max(SATURATION_LIMIT * 1.5, float(saturation.nan_to_num(0).max()))
+        # Colour ranges: the energy ratio over its whole range (0.5 is balance), the scale and the saturation over
+        # the values the layers took, so that layers with different values look different.
+        scale_low, scale_high = dashboard.value_range(monitor.history_of("sum_s"))
+        flipped = scale_low < 0
+        scale_title = "scale s = K·tanh(α·p + β); " + ("blue: negatives won" if flipped else "no layer's negatives won")
         maps = (
             ("energy_ratio_map", "energy ratio p (share of the energy carried by positives)", "p", "sum_p", 0.0, 1.0,
              False),
-            ("scale_map", "scale s = K·tanh(α·p + β); blue: negatives won", "s", "sum_s", -K, K, True),
+            ("scale_map", scale_title, "s", "sum_s", scale_low, scale_high, flipped),
             ("saturation_map", f"saturation |α·p + β| (above {SATURATION_LIMIT:g}: stuck)", "|α·p + β|",
-             "sum_saturation", 0.0, top, False),
+             "sum_saturation", *dashboard.value_range(monitor.history_of("sum_saturation")), False),
         )
         for name, title, label, field, low, high, diverging in maps:
             figure = dashboard.heatmap_figure(
