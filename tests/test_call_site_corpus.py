@@ -627,6 +627,7 @@ def test_calls_that_cannot_be_rewritten_are_left_alone_and_named(cls, expected_n
         assert torch.equal(model(x(2, 4)), expected(module, 2 * torch.relu(x(2, 4))))
 
 
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script` is deprecated:FutureWarning")  # users still script parts
 def test_a_scripted_submodule_is_named_not_skipped_silently():
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), scripted)

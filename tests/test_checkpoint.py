@@ -13,7 +13,7 @@ from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
 from caer_lightning.checkpoint import restore_swaps
 from caer_lightning.record import layers_in_state_dict
 from caer_lightning.models import TimmClassifier
-from helpers import TinyNet, loader, trainer
+from helpers import TinyNet, ValidatedTinyNet, loader, trainer
 
 
 class LossRecorder(Callback):
@@ -53,7 +53,8 @@ def trained(tmp_path_factory):
 def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
     model, recorder, directory = trained
     first_epoch = directory / "epoch=0-step=4.ckpt"
-    resumed, resumed_recorder = train(tmp_path, max_epochs=2, ckpt_path=first_epoch)
+    with pytest.warns(UserWarning, match="The dirpath has changed"):  # resumed into another folder, on purpose
+        resumed, resumed_recorder = train(tmp_path, max_epochs=2, ckpt_path=first_epoch)
     assert list(resumed_recorder.losses) == [1]
     assert resumed_recorder.losses[1] == recorder.losses[1]
     assert carelu_values(resumed) == carelu_values(model)
@@ -72,9 +73,13 @@ def test_checkpoint_records_the_swap(trained):
 def test_validate_from_checkpoint_and_load_checkpoint_agree(trained):
     model, _, directory = trained
     path = directory / "epoch=1-step=8.ckpt"
-    metrics = trainer(callbacks=[CAReLUCallback(lr_scale=5.0)]).validate(TinyNet(), loader(seed=1), ckpt_path=path)
+    with pytest.warns(UserWarning, match="callbacks used to create the checkpoint") as record:
+        metrics = trainer(callbacks=[CAReLUCallback(lr_scale=5.0)]).validate(ValidatedTinyNet(), loader(seed=1),
+                                                                             ckpt_path=path)
+    (missing,) = [str(w.message) for w in record if "callbacks used to create" in str(w.message)]
+    assert "ModelCheckpoint" in missing and "CAReLUCallback" not in missing  # its state is found under its key
 
-    loaded = load_checkpoint(TinyNet, path).eval()
+    loaded = load_checkpoint(ValidatedTinyNet, path).eval()
     assert carelu_values(loaded) == carelu_values(model)
     x, y = loader(n=64, batch_size=64, seed=1).dataset.tensors
     with torch.no_grad():
@@ -90,7 +95,7 @@ def test_validate_from_checkpoint_and_load_checkpoint_agree(trained):
 def test_validate_without_the_callback_fails_loudly(trained):
     _, _, directory = trained
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"net.2.alpha\""):
-        trainer().validate(TinyNet(), loader(), ckpt_path=directory / "epoch=1-step=8.ckpt")
+        trainer().validate(ValidatedTinyNet(), loader(), ckpt_path=directory / "epoch=1-step=8.ckpt")
 
 
 def test_load_checkpoint_is_strict(trained, tmp_path):
@@ -119,7 +124,7 @@ def test_validate_with_another_include_says_what_the_checkpoint_holds(trained):
         r"caer_lightning\.load_checkpoint"
     )):
         trainer(callbacks=[CAReLUCallback(include=r"net\.5")]).validate(
-            TinyNet(), loader(), ckpt_path=directory / "epoch=1-step=8.ckpt"
+            ValidatedTinyNet(), loader(), ckpt_path=directory / "epoch=1-step=8.ckpt"
         )
 
 
@@ -163,8 +168,8 @@ def test_timm_classifier_load_from_checkpoint_rebuilds_the_swap(tmp_path):
     """Our own LightningModule restores the swap in on_load_checkpoint: its load_from_checkpoint just works."""
     model = TimmClassifier("resnet18", num_classes=4, cifar_stem=True)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
-    trainer(callbacks=[CAReLUCallback(variant="count"), checkpoints], max_steps=2,
-            enable_checkpointing=True).fit(model, loader())
+    trainer(callbacks=[CAReLUCallback(variant="count"), checkpoints], max_steps=2, enable_checkpointing=True,
+            limit_val_batches=1).fit(model, loader(), loader(n=8))
     loaded = TimmClassifier.load_from_checkpoint(tmp_path / "last.ckpt").eval()
     assert carelu_values(loaded) == carelu_values(model) and len(carelu_values(loaded)) == 17
     assert {m.variant for m in loaded.modules() if isinstance(m, CAReLU)} == {"count"}

@@ -27,7 +27,8 @@ EVERY, STEPS = 2, 9  # logged steps 0, 2, 4, 6, 8: the last step is logged, so i
 def fit_with(logger, **callback_kwargs):
     model = TinyNet()
     callback = CAReLUCallback(alpha_init=-2.0, beta_init=0.3, log_every_n_steps=EVERY, **callback_kwargs)
-    trainer(logger=logger, callbacks=[callback], max_steps=STEPS, max_epochs=10).fit(model, loader())
+    trainer(logger=logger, callbacks=[callback], max_steps=STEPS, max_epochs=10, log_every_n_steps=EVERY).fit(
+        model, loader())
     return model
 
 
@@ -86,7 +87,7 @@ def test_heat_maps_are_figures_logged_at_epoch_ends(tensorboard_run):
         images = events.Images(tag)
         assert [i.step for i in images] == [9]
         last = Image.open(io.BytesIO(images[-1].encoded_image_string))
-        assert last.size[0] >= 600 and len(set(last.getdata())) > 10, f"{tag} is not a drawn figure"
+        assert last.size[0] >= 600 and len(set(last.convert("RGB").tobytes())) > 10, f"{tag} is not a drawn figure"
 
 
 def test_train_end_summary_has_one_row_per_layer(tensorboard_run):
@@ -111,7 +112,7 @@ def test_logged_scale_and_energy_ratio_equal_values_recomputed_from_the_batch(tm
     initial = copy.deepcopy(model)
     logger = CSVLogger(tmp_path, name="run")
     callback = CAReLUCallback(alpha_init=-2.0, beta_init=0.3, log_every_n_steps=EVERY)
-    trainer(logger=logger, callbacks=[callback], max_steps=1).fit(model, loader())
+    trainer(logger=logger, callbacks=[callback], max_steps=1, log_every_n_steps=1).fit(model, loader())
     swap_activations(initial, factory=lambda old: CAReLU(alpha_init=-2.0, beta_init=0.3))  # net.5 sees net.2's CAReLU
     inputs = {}
     def keep_input(module, args, output, index):
@@ -160,6 +161,22 @@ def test_heatmap_figure_reads_as_labelled():
     sequential = dashboard.heatmap_figure(history.abs(), [0, 1, 2, 3], names, title="p", label="p", low=0.0, high=1.0)
     assert sequential.axes[0].get_images()[0].norm(0.5) == pytest.approx(0.5)
     assert sequential.axes[1].get_ylim() == pytest.approx((0.0, 1.0))
+
+
+def test_value_range_is_the_finite_values_taken():
+    values = torch.tensor([[0.8, float("nan")], [1.42, float("inf")], [0.95, 1.1]])
+    assert dashboard.value_range(values) == pytest.approx((0.8, 1.42))
+    assert dashboard.value_range(torch.full((2, 3), 0.7)) == pytest.approx((0.7 - 5e-4, 0.7 + 5e-4))  # widened
+    assert dashboard.value_range(torch.tensor([float("nan")])) == (0.0, 1.0)
+
+
+def test_a_diverging_map_reaches_zero_when_all_values_have_one_sign():
+    history = torch.tensor([[0.8, 1.2], [0.9, 1.4]])
+    figure = dashboard.heatmap_figure(history, [0, 1], ["a", "b"], title="s", label="s", low=0.8, high=1.4,
+                                      diverging=True)
+    image = figure.axes[0].get_images()[0]
+    assert image.norm(0.0) == pytest.approx(0.5) and image.norm(1.4) == pytest.approx(1.0)
+    assert figure.axes[1].get_ylim()[0] == pytest.approx(-dashboard.MIN_COLOUR_SPAN)
 
 
 @pytest.mark.parametrize("layers", [17, 120])
@@ -213,7 +230,7 @@ def test_csv_logger_gets_the_same_scalar_keys(tmp_path):
 def test_logging_off_measures_nothing(tmp_path):
     model = TinyNet()
     callback = CAReLUCallback(log_every_n_steps=0)
-    trainer(logger=CSVLogger(tmp_path), callbacks=[callback], max_steps=3).fit(model, loader())
+    trainer(logger=CSVLogger(tmp_path), callbacks=[callback], max_steps=3, log_every_n_steps=1).fit(model, loader())
     assert not any(m.track_statistics or m.pop_statistics() is not None
                    for m in model.modules() if isinstance(m, CAReLU))
 

@@ -80,7 +80,7 @@ def test_logged_saturation_is_the_mean_of_abs_alpha_p_plus_beta(tmp_path):
     inputs = FirstInputs()
     logger = CSVLogger(tmp_path)
     callback = CAReLUCallback(alpha_init=alpha, beta_init=beta, log_every_n_steps=10)
-    trainer(callbacks=[callback, inputs], logger=logger, max_steps=1).fit(TinyNet(), loader())
+    trainer(callbacks=[callback, inputs], logger=logger, max_steps=1, log_every_n_steps=1).fit(TinyNet(), loader())
     with open(f"{logger.log_dir}/metrics.csv") as handle:
         (row,) = [r for r in csv.DictReader(handle) if r.get("carelu/net.2/saturation")]
     for name in ("net.2", "net.5"):
