@@ -7,9 +7,13 @@ Fabric user who takes `CAReLU`, `swap_activations` or `carelu_param_groups` neve
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # the one version string is pyproject.toml's, as installed
+    __version__ = metadata.version("caer-lightning")
+except metadata.PackageNotFoundError:  # a checkout on sys.path that was never installed
+    __version__ = "0+unknown"
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -1,6 +1,7 @@
 """The `caer` command: LightningCLI's fit/validate/test/predict (caer_lightning/lightning_cli.py), models and data
-chosen by class_path, `caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU, and
-`caer stability` (caer_lightning/stability.py), a sweep over seeds that counts diverged runs.
+chosen by class_path, `caer ab` (caer_lightning/ab.py), a paired A/B test of ReLU against CAReLU,
+`caer stability` (caer_lightning/stability.py), a sweep over seeds that counts diverged runs, and `caer configs`
+(caer_lightning/shipped_configs.py), the configs that ship with the package; `--config` takes their names.
 
 `caer`, `caer -h` and `caer --help` list them all; `caer SUBCOMMAND --help` gives one's options."""
 
@@ -13,12 +14,13 @@ import warnings
 
 from lightning.pytorch import Trainer
 
-from caer_lightning import ab, stability
+from caer_lightning import ab, shipped_configs, stability
 from caer_lightning.lightning_cli import CAReLUCLI, build_cli
 
 __all__ = ["CAReLUCLI", "build_cli", "main"]  # CAReLUCLI, build_cli: from lightning_cli, importable here as before
 
-SCRIPTS = {"ab": ab, "stability": stability}  # subcommands with their own argparse parser: module.main(argv)
+# subcommands with their own argparse parser: module.main(argv)
+SCRIPTS = {"ab": ab, "stability": stability, "configs": shipped_configs}
 
 # What `caer` keeps off its users' screens, each matched narrowly: Lightning's advertisement for its cloud
 # products (logged once per Trainer), and torch's deprecation of `LeafSpec`, which Lightning's own
@@ -84,7 +86,7 @@ def help_text() -> str:
 def main() -> None:
     """Entry point of the `caer` console script: `caer ab ...` runs an A/B test, `caer stability ...` a
     stability sweep, `caer`, `caer -h`, `caer --help` list the subcommands, anything else goes to LightningCLI."""
-    argv = sys.argv[1:]
+    argv = shipped_configs.resolve_arguments(sys.argv[1:])  # --config quickstart: the shipped config
     if not argv:
         sys.stderr.write(help_text() + "caer: error: a subcommand is required\n")
         sys.exit(2)
@@ -95,6 +97,7 @@ def main() -> None:
         SCRIPTS[argv[0]].main(argv[1:])
     else:
         quiet_lightning_notices()
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv (given args too, it warns)
         build_cli()
 
 

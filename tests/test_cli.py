@@ -18,7 +18,8 @@ from caer_lightning import ab, cli, runner
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-SUBCOMMANDS = [*LightningCLI.subcommands(), "ab", "stability"]  # fit, validate, test, predict, ab, stability
+SUBCOMMANDS = [*LightningCLI.subcommands(), "ab", "stability", "configs"]  # fit, validate, test, predict, ab, ...
+
 
 
 def caer(*args: str) -> subprocess.CompletedProcess:
