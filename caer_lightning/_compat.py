@@ -9,6 +9,7 @@ core (ops, functional, module, swap) can use this module with torch alone.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import inspect
 import re
@@ -124,37 +125,51 @@ def supported(reach_name: str) -> bool:
 SPAWN_PREPARE_HOOK = "before_main_process_loads_weights"
 
 
-def multiprocessing_launcher_class() -> type | None:
-    """Lightning's launcher for spawn/fork strategies, or None when this Lightning has none by that name."""
+LIGHTNING_PACKAGES = ("lightning.pytorch", "pytorch_lightning")  # the `lightning` distribution's and the standalone
+
+
+def multiprocessing_launcher_classes() -> list[type]:
+    """The launcher for spawn/fork strategies of each Lightning package that has one by that name (the
+    standalone `pytorch_lightning` keeps its own copy)."""
     if not supported(SPAWN_RECOVERY):
-        return None
-    try:
-        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-    except ImportError:
-        return None
-    return _MultiProcessingLauncher
+        return []
+    found = []
+    for package in LIGHTNING_PACKAGES:
+        try:
+            module = importlib.import_module(f"{package}.strategies.launchers.multiprocessing")
+        except ImportError:
+            continue
+        launcher = getattr(module, "_MultiProcessingLauncher", None)
+        if isinstance(launcher, type):
+            found.append(launcher)
+    return found
 
 
 def uses_multiprocessing(trainer: Any) -> bool:
-    """Whether `trainer` trains in spawned or forked worker processes."""
-    launcher_class = multiprocessing_launcher_class()
+    """Whether `trainer` (of either Lightning package) trains in spawned or forked worker processes."""
     launcher = getattr(trainer.strategy, "launcher", None)
-    if launcher_class is not None:
-        return isinstance(launcher, launcher_class)
+    classes = tuple(multiprocessing_launcher_classes())
+    if classes:
+        return isinstance(launcher, classes)
     return type(launcher).__name__ == "_MultiProcessingLauncher"
 
 
 def install_spawn_recovery() -> bool:
     """Let callbacks that define `before_main_process_loads_weights(trainer)` prepare the main process's model
     before Lightning's spawn/fork launcher loads the worker's trained weights into it non-strictly (without it,
-    keys the main model lacks, such as α and β, are dropped in silence). Returns whether it is installed; when
-    it cannot be, `spawn_recovery_installed()` says so and `CAReLUCallback` refuses spawn/fork strategies.
+    keys the main model lacks, such as α and β, are dropped in silence), in both Lightning packages. Returns
+    whether it is installed in every one; when it cannot be, `spawn_recovery_installed()` says so and
+    `CAReLUCallback` refuses spawn/fork strategies.
 
     Installed when a CAReLUCallback is built: the main process runs no callback hook before it launches the
     workers, so this is the last point at which it knows a recovery will be needed. It acts only for trainers
     whose callbacks define the hook.
     """
-    launcher_class = multiprocessing_launcher_class()
+    launchers = multiprocessing_launcher_classes()
+    return bool(launchers) and all([_wrap_recovery(launcher) for launcher in launchers])
+
+
+def _wrap_recovery(launcher_class: type) -> bool:
     original = getattr(launcher_class, "_recover_results_in_main_process", None)
     if original is None:
         return False
@@ -178,9 +193,11 @@ def install_spawn_recovery() -> bool:
 
 
 def spawn_recovery_installed() -> bool:
-    launcher_class = multiprocessing_launcher_class()
-    method = getattr(launcher_class, "_recover_results_in_main_process", None)
-    return bool(getattr(method, "_caer_lightning", False))
+    launchers = multiprocessing_launcher_classes()
+    return bool(launchers) and all(
+        getattr(getattr(launcher, "_recover_results_in_main_process", None), "_caer_lightning", False)
+        for launcher in launchers
+    )
 
 
 # --- Lightning: weight-averaging callbacks ----------------------------------------------------------------------
@@ -189,9 +206,8 @@ def spawn_recovery_installed() -> bool:
 def averaged_model(callback: Any) -> nn.Module | None:
     """The model copy a StochasticWeightAveraging or WeightAveraging callback holds (None before its setup).
     Raises MissingPrivateAPI when this Lightning keeps it elsewhere."""
-    from lightning.pytorch.callbacks import StochasticWeightAveraging
-
-    reach = SWA_COPY if isinstance(callback, StochasticWeightAveraging) else EMA_COPY
+    swa = any(base.__name__ == "StochasticWeightAveraging" for base in type(callback).__mro__)  # either package's
+    reach = SWA_COPY if swa else EMA_COPY
     if not (supported(reach) and hasattr(callback, "_average_model")):
         raise missing(reach, f"{type(callback).__name__} holds no _average_model")
     copy = callback._average_model

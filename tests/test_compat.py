@@ -49,10 +49,13 @@ def test_version_check_below_the_oldest_version(monkeypatch):
 # _compat.SPAWN_RECOVERY
 def test_spawn_recovery_wraps_the_launcher_once():
     assert _compat.install_spawn_recovery() and _compat.install_spawn_recovery()
-    launcher = _compat.multiprocessing_launcher_class()
-    method = launcher._recover_results_in_main_process
-    assert method._caer_lightning and _compat.spawn_recovery_installed()
-    assert list(inspect.signature(method).parameters)[:3] == ["self", "worker_output", "trainer"]
+    launchers = _compat.multiprocessing_launcher_classes()
+    assert [launcher.__module__ for launcher in launchers] == [  # both Lightning packages keep their own
+        "lightning.pytorch.strategies.launchers.multiprocessing", "pytorch_lightning.strategies.launchers.multiprocessing"]
+    for launcher in launchers:
+        method = launcher._recover_results_in_main_process
+        assert method._caer_lightning and _compat.spawn_recovery_installed()
+        assert list(inspect.signature(method).parameters)[:3] == ["self", "worker_output", "trainer"]
     assert _compat.uses_multiprocessing(Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, logger=False))
     assert not _compat.uses_multiprocessing(Trainer(accelerator="cpu", devices=1, logger=False))
 
@@ -61,7 +64,7 @@ def test_spawn_strategy_without_the_recovery_is_refused_before_training(monkeypa
     class Launcher:  # a Lightning whose launcher lacks the method
         pass
 
-    monkeypatch.setattr(_compat, "multiprocessing_launcher_class", lambda: Launcher)
+    monkeypatch.setattr(_compat, "multiprocessing_launcher_classes", lambda: [Launcher])
     assert not _compat.install_spawn_recovery()
     callback = CAReLUCallback()
     assert callback.spawn_recovery is False

@@ -21,15 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from caer_lightning import _compat, dashboard
-from caer_lightning.callbacks import checkpoint_check
+from caer_lightning.callbacks import checkpoint_check, packages
 from caer_lightning.callbacks.call_probe import CallProbe
 from caer_lightning.callbacks.heat_maps import HeatMaps
 from caer_lightning.callbacks.interplay import HookAfter, SwapRecord, averaged_models
@@ -42,7 +39,7 @@ from caer_lightning.record import STATE_KIND
 from caer_lightning.swap import Patterns, Target
 
 
-class CAReLUCallback(Callback):
+class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a Callback of both Lightning packages
     r"""Swap activations for CAReLU and train their parameters in their own optimizer group.
 
     One object per job, each usable alone: `layer_swap` (the swap and the layers it owns, `LayerSwap`),
@@ -158,7 +155,7 @@ class CAReLUCallback(Callback):
             )
         self.optimizer_group.name = self._resolve_group_name(trainer)
         self.heat_maps.tag = self.group_name
-        configure_model_pending = is_overridden("configure_model", pl_module)
+        configure_model_pending = packages.is_overridden("configure_model", pl_module)
         self._swap(trainer, pl_module, final=not configure_model_pending)
         if configure_model_pending:
             after = functools.partial(self._after_configure_model, trainer, pl_module)
@@ -320,4 +317,4 @@ def _carelu_callbacks(trainer: pl.Trainer) -> list[CAReLUCallback]:
 
 
 def _tensorboard_writers(trainer: pl.Trainer) -> list:
-    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, packages.classes("loggers.TensorBoardLogger"))]

@@ -15,23 +15,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import StochasticWeightAveraging
 from torch import nn
 
 from caer_lightning import _compat
 from caer_lightning.activation import CAReLU
+from caer_lightning.callbacks import packages
 from caer_lightning.record import WEIGHTS_ONLY_KEY
-
-try:  # Lightning >= 2.5
-    from lightning.pytorch.callbacks import WeightAveraging
-except ImportError:  # pragma: no cover - older Lightning has no WeightAveraging
-    WeightAveraging = ()
-
 
 def averaged_models(trainer: pl.Trainer) -> Iterator[nn.Module]:
     """The model copies held by StochasticWeightAveraging and WeightAveraging (EMA) callbacks."""
     for callback in trainer.callbacks:
-        if isinstance(callback, (StochasticWeightAveraging, WeightAveraging)):
+        if isinstance(callback, packages.classes("callbacks.StochasticWeightAveraging")
+                      + packages.classes("callbacks.WeightAveraging")):  # of either Lightning package
             copy = _compat.averaged_model(callback)
             if copy is not None:
                 yield copy
