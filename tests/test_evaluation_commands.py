@@ -144,6 +144,26 @@ def test_prediction_writer_columns(tmp_path):
     assert writer.accuracy is None and writer.rows == 2
 
 
+def test_prediction_writer_numbers_rows_and_finds_labels(tmp_path):
+    writer = PredictionWriter(tmp_path / "p.csv")
+    trainer = _trainer()
+    writer.on_predict_start(trainer, None)
+    labelled = (torch.zeros(2, 3), torch.tensor([1, 0]))
+    writer.write_on_batch_end(trainer, None, torch.tensor([0.25, 0.5]), None, labelled, 0, 0)
+    writer.write_on_batch_end(trainer, None, torch.tensor([0.75, 1.0]), None, labelled, 1, 0)
+    writer.on_predict_end(trainer, None)
+    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    assert rows == [["index", "value", "label"], ["0", "0.25", "1"], ["1", "0.5", "0"], ["2", "0.75", "1"],
+                    ["3", "1", "0"]]  # without batch_indices the index runs on across batches
+    assert writer.rows == 4 and writer.accuracy is None  # values are not classes: no accuracy
+    for not_labels in ((torch.zeros(2, 3), torch.tensor([0.5, 1.5])), (torch.zeros(2, 3), torch.tensor([1, 0, 1])),
+                       (torch.zeros(2, 3), torch.tensor([[1], [0]])), [torch.zeros(2, 3)], torch.zeros(2, 3)):
+        writer.on_predict_start(trainer, None)
+        writer.write_on_batch_end(trainer, None, torch.tensor([0.25, 0.5]), None, not_labels, 0, 0)
+        writer.on_predict_end(trainer, None)
+        assert next(csv.reader((tmp_path / "p.csv").open())) == ["index", "value"], not_labels
+
+
 def test_prediction_writer_refuses_what_it_cannot_write(tmp_path):
     writer = PredictionWriter(tmp_path / "p.csv")
     trainer = _trainer()

@@ -6,14 +6,17 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
-import caer_lightning
 from caer_lightning import shipped_configs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the test extra installs tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -39,6 +42,8 @@ def test_shipped_configs_by_name_and_by_path(tmp_path, monkeypatch):
     (tmp_path / "configs" / "quickstart.yaml").write_text("seed_everything: 3\n")
     assert shipped_configs.resolve("configs/quickstart.yaml") == "configs/quickstart.yaml"  # a file of the user's wins
     assert shipped_configs.resolve("no_such_config") == "no_such_config"  # left for the parser to report
+    assert shipped_configs.resolve_arguments(["fit", "--config"]) == ["fit", "--config"]  # the parser says what is missing
+    assert shipped_configs.resolve_arguments(["--config=a=b"]) == ["--config=a=b"]  # split at the first "="
     argv = ["fit", "--config", "cifar100/resnet18_relu", "--config=digits/vit_gelu", "--trainer.max_epochs", "3"]
     assert shipped_configs.resolve_arguments(argv) == [
         "fit", "--config", str(shipped_configs.available()["cifar100/resnet18_relu"]),
@@ -108,3 +113,20 @@ def test_the_wheel_runs_the_main_job_outside_a_checkout(wheel, tmp_path):
         capture_output=True, text=True, cwd=run, env=env, timeout=600)
     assert fit.returncode == 0, fit.stdout[-2000:] + fit.stderr[-3000:]
     assert "swapped 17 activations for CAReLU" in fit.stdout + fit.stderr
+
+
+def test_the_declared_floors_are_what_the_minimum_leg_pins():
+    from packaging.version import Version
+
+    pins = dict(line.split("==") for line in (ROOT / ".ci" / "minimum.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    floors = {}
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        if ">=" in requirement:
+            name, floor = requirement.split(">=")
+            floors[normalized(name.split("[")[0])] = Version(floor.split(",")[0])
+    assert floors, "pyproject.toml declares no floor"
+    pinned = {normalized(name): Version(version) for name, version in pins.items()}
+    assert {name: pinned.get(name) for name in floors} == floors  # every floor is pinned in CI's minimum leg
+    python_floor = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    assert "minimum) python=$(python_for " + python_floor + ")" in (ROOT / ".ci" / "run").read_text()
