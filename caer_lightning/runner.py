@@ -165,7 +165,13 @@ def resolved_config(config: str, overrides: list[str]) -> dict:
             warnings.filterwarnings("ignore", message=".*not recommended to provide both args and command line")
             build_cli(["fit", "--config", config, *overrides], cli_class=_ParseOnly)
     except _Parsed as parsed:
-        return yaml.safe_load(parsed.parser.dump(parsed.config, format="yaml", skip_unset=False))["fit"]
+        try:  # every value, None included: `skip_unset=False` since jsonargparse 4.49, `skip_none=False` before
+            dumped = parsed.parser.dump(parsed.config, format="yaml", skip_unset=False)
+        except ValueError as error:  # jsonargparse < 4.49: "Unexpected keyword parameters: {'skip_unset'}"
+            if "skip_unset" not in str(error):
+                raise
+            dumped = parsed.parser.dump(parsed.config, format="yaml", skip_none=False)
+        return yaml.safe_load(dumped)["fit"]
     except SystemExit as exit:  # jsonargparse has printed why to stderr
         raise ValueError(f"could not resolve --config {config} with overrides {overrides}") from exit
     raise AssertionError("_ParseOnly returned without raising _Parsed")

@@ -6,6 +6,8 @@ Backward saves only the input and per-group scalars. A backward that must itself
 (`create_graph=True`: gradient penalties such as WGAN-GP or R1) runs through the plain-op reference instead.
 """
 
+from typing import List
+
 import torch
 from torch import Tensor
 
@@ -20,7 +22,7 @@ _BACKWARD = {"eager": backward_eager, "triton": backward_triton}
 
 @torch.library.custom_op("caer_lightning::carelu", mutates_args=())
 def carelu_op(
-    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: list[int], eps: float, impl: str
+    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: List[int], eps: float, impl: str  # noqa: UP006
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(ReLU(s·z), p, tanh(αp+β), normaliser of p); the last three per group, keepdim, float32/float64."""
     return _FORWARD[impl](z, alpha, beta, K, variant, dims, eps)
@@ -35,7 +37,7 @@ def _carelu_fake(z, alpha, beta, K, variant, dims, eps, impl):
 @torch.library.custom_op("caer_lightning::carelu_backward", mutates_args=())
 def carelu_backward_op(
     grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float, variant: str,
-    dims: list[int], impl: str,
+    dims: List[int], impl: str,  # noqa: UP006 - torch 2.6's schema inference takes typing.List, not list
 ) -> tuple[Tensor, Tensor]:
     """(dL/dz, (dL/dα, dL/dβ) as one 2-vector in the accumulation dtype)."""
     return _BACKWARD[impl](grad, z, p, tanh, normaliser, alpha, K, variant, dims)
