@@ -6,17 +6,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from caer_lightning import shipped_configs
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the test extra installs tomli there
-    import tomli as tomllib
 
 ROOT = Path(__file__).parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
