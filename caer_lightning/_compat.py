@@ -125,7 +125,8 @@ def supported(reach_name: str) -> bool:
 SPAWN_PREPARE_HOOK = "before_main_process_loads_weights"
 
 
-LIGHTNING_PACKAGES = ("lightning.pytorch", "pytorch_lightning")  # the `lightning` distribution's and the standalone
+# The Lightning packages a Trainer can come from: the `lightning` distribution's and the standalone one.
+LIGHTNING_PACKAGES = ("lightning.pytorch", "pytorch_lightning")
 
 
 def multiprocessing_launcher_classes() -> list[type]:

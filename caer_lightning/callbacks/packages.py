@@ -4,11 +4,12 @@ callback may come from either; the callback is a Callback of both and checks aga
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 from typing import Any
 
-PACKAGE_NAMES = ("lightning.pytorch", "pytorch_lightning")
+from caer_lightning._compat import LIGHTNING_PACKAGES as PACKAGE_NAMES
 
 
 def _importable(name: str) -> ModuleType | None:
@@ -21,8 +22,9 @@ def _importable(name: str) -> ModuleType | None:
 PACKAGES: tuple[ModuleType, ...] = tuple(p for p in map(_importable, PACKAGE_NAMES) if p is not None)
 
 
+@functools.cache
 def classes(dotted: str) -> tuple[type, ...]:
-    """The class at `dotted` (e.g. "loggers.TensorBoardLogger") in each package that has it."""
+    """The class at `dotted` (e.g. "loggers.TensorBoardLogger") in each package that has it (looked up once)."""
     found = []
     for package in PACKAGES:
         target: Any = package
