@@ -71,7 +71,7 @@ def build_cli(args: Any = None, run: bool = True, cli_class: type[CAReLUCLI] = C
 def checkpoint_run(ckpt_path: str | os.PathLike[str] | None) -> tuple[Path, str] | None:
     """`(root, version)` when `ckpt_path` is `<root>/<version>/checkpoints/<file>`, the layout ModelCheckpoint
     uses under a logger (`lightning_logs/quickstart/version_0/checkpoints/last.ckpt`), else None."""
-    if not ckpt_path or str(ckpt_path) in ("best", "last", "hpc", "registry"):
+    if not ckpt_path:  # "best", "last" and the like have no checkpoints/ folder either
         return None
     path = Path(ckpt_path)
     if path.parent.name != "checkpoints" or not path.parent.parent.name:
