@@ -26,10 +26,9 @@ from caer_lightning.runner import (  # noqa: F401 - RunRecorder: old run folders
     baseline_activation,
     baseline_title,
     carelu_title,
-    finished_run,
     resolved_config,
+    reusable_run,
     run_arm,
-    run_key,
     tested_weights,
 )
 
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [(seed, arm) for seed in range(args.seeds) for arm in ARMS]
     try:  # before any training: a folder holding another experiment's run stops the whole A/B test
         for seed, arm in jobs:
-            finished_run(out / f"seed{seed}" / arm, run_key(base, arm, seed, arm, None))
+            reusable_run(base, arm, seed, out)
     except RunMismatch as error:
         raise SystemExit(f"caer ab: {error}") from None
     runs = []

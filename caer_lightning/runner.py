@@ -249,6 +249,15 @@ def finished_run(run_dir: Path, key: dict) -> dict | None:
     )
 
 
+def reusable_run(
+    base: dict, arm: str, seed: int, out: Path, *, label: str | None = None, callback_args: dict | None = None,
+) -> dict | None:
+    """`finished_run` for the folder `run_arm` would use (`out/seed{seed}/{label}`) and the run it would make:
+    the record to reuse, or None. Raises RunMismatch when the folder holds another experiment's run."""
+    label = label or arm
+    return finished_run(out / f"seed{seed}" / label, run_key(base, arm, seed, label, callback_args))
+
+
 def run_arm(
     base: dict, arm: str, seed: int, out: Path, *, label: str | None = None, callback_args: dict | None = None,
     env: dict[str, str] | None = None,
@@ -258,12 +267,12 @@ def run_arm(
 
     `label` names the run (its folder and its "arm" in the record; default `arm`), `callback_args` update the
     CAReLU callback's init_args, `env` is the process environment (default: this one's)."""
+    reused = reusable_run(base, arm, seed, out, label=label, callback_args=callback_args)
+    if reused is not None:
+        return reused
     label = label or arm
     run_dir = out / f"seed{seed}" / label
     key = run_key(base, arm, seed, label, callback_args)
-    reused = finished_run(run_dir, key)
-    if reused is not None:
-        return reused
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(arm_config(base, arm, seed, run_dir, callback_args), sort_keys=False))

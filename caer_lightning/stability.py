@@ -36,7 +36,7 @@ import yaml
 
 from caer_lightning.guards import SATURATION_LIMIT
 from caer_lightning.runner import (
-    RunMismatch, baseline_activation, baseline_title, carelu_title, finished_run, resolved_config, run_arm, run_key,
+    RunMismatch, baseline_activation, baseline_title, carelu_title, resolved_config, reusable_run, run_arm,
 )
 
 DEFAULT_ARMS = ("relu", "carelu", "carelu:lr_scale=1.0")
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:  # before any training: a folder holding another experiment's run stops the whole sweep
         for seed, spec in jobs:
             arm, callback_args = arms[spec]
-            label = label_of(spec)
-            finished_run(out / f"seed{seed}" / label, run_key(base, arm, seed, label, callback_args))
+            reusable_run(base, arm, seed, out, label=label_of(spec), callback_args=callback_args)
     except RunMismatch as error:
         raise SystemExit(f"caer stability: {error}") from None
     with ThreadPoolExecutor(args.jobs) as pool:
