@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,6 +74,15 @@ class ValidatedTinyNet(TinyNet):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+# Tests that train in two spawned/forked gloo workers: a worker can abort at process exit, in torch's distributed
+# teardown after training and every check of ours has finished ("terminate called without an active
+# exception", SIGABRT; seen in about 1 of 10 suite runs). Only that crash is retried, at most twice; a failed
+# assertion or any other error still fails the test at once.
+SPAWN_TEARDOWN_RERUN = pytest.mark.flaky(
+    reruns=2, only_rerun=[r"ProcessExitedException: process \d+ terminated with signal SIGABRT"]
+)
 
 
 def trainer(**kwargs) -> pl.Trainer:

@@ -18,7 +18,7 @@ from lightning.pytorch.demos import Transformer
 from torch import nn
 
 from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint, swap_activations
-from helpers import NUM_CLASSES, loader, trainer
+from helpers import NUM_CLASSES, SPAWN_TEARDOWN_RERUN, loader, trainer
 
 
 def carelu_names(model: nn.Module) -> list[str]:
@@ -324,6 +324,7 @@ def test_the_pretrained_record_names_each_layer_relative_to_its_model():
     assert record == {"net.relu": expected, "net.relu_1": expected}
 
 
+@SPAWN_TEARDOWN_RERUN
 def test_ddp_spawn_with_rewritten_call_sites(tmp_path):
     """Two gloo ranks train the traced call sites; the main process ends with the workers' α, β."""
     from test_lightning_interplay import SaveRankZeroModel

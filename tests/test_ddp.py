@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from caer_lightning import CAReLU, CAReLUCallback
 from caer_lightning.functional import competition
-from helpers import TinyNet, loader, trainer
+from helpers import SPAWN_TEARDOWN_RERUN, TinyNet, loader, trainer
 
 
 class SaveRankState(Callback):
@@ -35,6 +35,7 @@ class SaveRankState(Callback):
                     "world_size": trainer.world_size}, f"{self.directory}/rank{trainer.global_rank}.pt")
 
 
+@SPAWN_TEARDOWN_RERUN
 def test_ddp_spawn_two_ranks_agree(tmp_path):
     model = TinyNet()
     initial = copy.deepcopy(model)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim import lr_scheduler as sched
 
 from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
-from helpers import NUM_CLASSES, TinyNet, loader, trainer
+from helpers import NUM_CLASSES, SPAWN_TEARDOWN_RERUN, TinyNet, loader, trainer
 
 # Resuming without the ModelCheckpoint that wrote the checkpoint: Lightning names it, and these tests need none.
 NO_CHECKPOINT_CALLBACK = "ignore:Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
@@ -157,6 +157,7 @@ class SaveRankZeroModel(Callback):
             torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.path)
 
 
+@SPAWN_TEARDOWN_RERUN
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
 def test_spawn_strategies_return_the_trained_model(strategy, tmp_path):
     model = TinyNet()

@@ -17,7 +17,7 @@ from torch import nn
 from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
 from caer_lightning.callbacks import packages
 from caer_lightning.lr_policy import SGD_LR_SCALE
-from helpers import NUM_CLASSES, loader
+from helpers import NUM_CLASSES, SPAWN_TEARDOWN_RERUN, loader
 
 LAYERS = ["net.2", "net.5"]
 
@@ -108,6 +108,7 @@ class SaveRankZeroModel(pl.Callback):
             torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.path)
 
 
+@SPAWN_TEARDOWN_RERUN
 def test_spawned_workers_return_the_trained_model(tmp_path):
     model = PlNet()
     run = pl_trainer(devices=2, strategy="ddp_spawn", max_epochs=2,
