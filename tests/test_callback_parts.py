@@ -58,6 +58,25 @@ def test_layer_swap_freezes_new_layers_in_frozen_parts():
     assert swap.frozen == []
 
 
+def test_layer_swap_freezes_an_activation_of_the_model_root_in_a_frozen_model():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())  # the activation's enclosing module is the root itself
+    model.requires_grad_(False)
+    swap = LayerSwap(("torch.nn.ReLU",))
+    swap.swap(model)
+    assert swap.frozen == ["1"] and not model[1].alpha.requires_grad and not model[1].beta.requires_grad
+
+
+def test_optimizer_group_finds_the_optimizer_of_the_root_around_a_top_level_activation():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # built before the swap (LightningCLI): no alpha in it
+    swap_activations(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CAReLU)}
+    group = CAReLUGroup()
+    group.attach([optimizer], [], model, layers)
+    assert [held for held, _ in group.groups] == [optimizer] and model[1].alpha.requires_grad
+    assert optimizer.param_groups[-1]["params"] == [model[1].alpha, model[1].beta]
+
+
 def test_optimizer_group_alone_keeps_its_ratio_under_a_floor():
     model = net()
     swap_activations(model)
@@ -76,6 +95,23 @@ def test_optimizer_group_alone_keeps_its_ratio_under_a_floor():
         source, carelu = (optimizer.param_groups[i]["lr"] for i in (0, new.index))
         assert carelu == pytest.approx(SGD_LR_SCALE * source) and source > 0.05
     assert group.config == dict(lr=None, lr_scale=None, weight_decay=0.0)
+
+
+def test_optimizer_group_keeps_its_ratio_to_the_group_alpha_came_from_not_group_zero():
+    model = net()
+    swap_activations(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CAReLU)}
+    carelu = [p for m in layers.values() for p in (m.alpha, m.beta)]
+    head = list(model[5].parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in head + carelu)]
+    optimizer = torch.optim.SGD([{"params": head, "lr": 0.1}, {"params": rest + carelu, "lr": 0.01}])
+    group = CAReLUGroup()
+    group.attach([optimizer], [], model, layers)
+    (_, new), = group.groups
+    assert new.source == 1 and optimizer.param_groups[new.index]["lr"] == pytest.approx(SGD_LR_SCALE * 0.01)
+    optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"] = 0.3, 0.002  # a scheduler moved both
+    group.keep_ratios()
+    assert optimizer.param_groups[new.index]["lr"] == pytest.approx(SGD_LR_SCALE * 0.002)
 
 
 def test_optimizer_group_goes_to_the_optimizer_holding_alpha_with_its_weight_decay():
@@ -251,3 +287,15 @@ def test_monitor_summary_flags_what_happened():
     rows = {line.split(" | ")[0].strip("| "): line for line in monitor.summary().splitlines()[2:]}
     assert rows["kept"].endswith("|  |") and rows["flipped"].endswith("| flipped sign, saturated |")
     assert f"| {-2 * math.tanh(3.5):.4g} |" in rows["flipped"]  # the final scale, recomputed
+
+
+def test_monitor_summary_rows_follow_the_model_order_not_the_names():
+    layers = {f"layer{i}": CAReLU() for i in range(11)}  # sorted by name, layer10 would come before layer2
+    monitor = Monitor()
+    monitor.start(layers, every=1)
+    monitor.begin_step(0)
+    for layer in layers.values():
+        layer(torch.randn(3, 5))
+    monitor.end_step(1, lambda table: table, True, lambda metrics, at: None)
+    rows = [line.split(" | ")[0].strip("| ") for line in monitor.summary().splitlines()[2:]]
+    assert rows == list(layers)

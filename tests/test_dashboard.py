@@ -302,3 +302,19 @@ def test_thinned_ticks_cover_the_rows_evenly(count):
     assert count - 1 - ticks[-1] < step  # the last rows are never left without a nearby label
     if count <= 10:
         assert ticks == list(range(count))
+
+
+@pytest.mark.parametrize("variant", ["count", "energy", "l1"])
+def test_histogram_of_p_puts_the_ends_of_0_1_into_the_end_bins(variant):
+    from caer_lightning import statistics
+
+    layer = CAReLU(variant=variant, reduction="channel")
+    layer.train()
+    layer.track_statistics = True
+    z = torch.rand(2, 3, 4) + 0.1
+    z[1] = -z[1]  # sample 0: every entry positive (p = 1); sample 1: none (p = 0)
+    layer(z)
+    counts = statistics.histogram(layer.pop_statistics())
+    expected = torch.zeros(statistics.HISTOGRAM_BINS)
+    expected[0], expected[-1] = 3, 3  # three channels each
+    torch.testing.assert_close(counts, expected, rtol=0, atol=0)

@@ -4,6 +4,7 @@ torch.jit.trace round trips, and the path from a checkpoint."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import timm
@@ -120,3 +121,16 @@ def test_from_a_checkpoint_to_onnx(tmp_path):
     for size, (onnx, torch_out) in onnx_outputs(loaded, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx").items():
         torch.testing.assert_close(onnx, torch_out, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(torch_out, model.eval()(torch.randn(size, 3, 8, 8, generator=torch.Generator().manual_seed(size))))
+
+
+def test_onnx_legacy_torchscript_exporter_matches_pytorch(tmp_path):
+    # torch.onnx.export(dynamo=False) is seen through torch.onnx.is_in_onnx_export(), not torch.compiler's flag
+    model = trained_like(nn.Sequential(nn.Linear(4, 4), CAReLU(reduction="token")))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter and what it calls are deprecated
+        torch.onnx.export(model, (x,), str(tmp_path / "legacy.onnx"), dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "legacy.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_out, model(x), rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from caer_lightning import CAReLU, CAReLUCallback
 from caer_lightning.activation import STATISTICS
 from caer_lightning.functional import competition
-from caer_lightning.guards import SATURATION_LIMIT, NonFiniteCAReLUError
+from caer_lightning.guards import SATURATION_LIMIT, NonFiniteCAReLUError, saturated_layers
 from caer_lightning.optim import ADAPTIVE_LR_SCALE, SGD_LR_SCALE, default_lr_scale
 from helpers import TinyNet, loader, trainer
 
@@ -176,3 +176,9 @@ def test_carelu_module_saturation_statistic_matches_recomputation():
     row = dict(zip(STATISTICS, act.pop_statistics().tolist()))
     p = z.clamp_min(0).square().sum((1, 2, 3)) / (z.square().sum((1, 2, 3)) + 1e-6)
     assert row["sum_saturation"] == pytest.approx((-2.5 * p + 0.7).abs().sum().item(), rel=1e-5)
+
+
+def test_saturation_starts_above_the_limit_not_at_it():
+    names = ("below", "at", "above")
+    found = saturated_layers(names, (SATURATION_LIMIT - 1e-3, SATURATION_LIMIT, SATURATION_LIMIT + 1e-3))
+    assert found == {"above": SATURATION_LIMIT + 1e-3}
