@@ -15,7 +15,9 @@ from lightning.pytorch.loggers import CSVLogger
 from caer_lightning import CAReLU, CAReLUCallback
 from caer_lightning.activation import STATISTICS
 from caer_lightning.functional import competition
-from caer_lightning.guards import SATURATION_LIMIT, NonFiniteCAReLUError, saturated_layers
+from caer_lightning.guards import (
+    SATURATION_LIMIT, NonFiniteCAReLUError, check_finite, saturated_layers, saturation_message,
+)
 from caer_lightning.optim import ADAPTIVE_LR_SCALE, SGD_LR_SCALE, default_lr_scale
 from helpers import TinyNet, loader, trainer
 
@@ -182,3 +184,11 @@ def test_saturation_starts_above_the_limit_not_at_it():
     names = ("below", "at", "above")
     found = saturated_layers(names, (SATURATION_LIMIT - 1e-3, SATURATION_LIMIT, SATURATION_LIMIT + 1e-3))
     assert found == {"above": SATURATION_LIMIT + 1e-3}
+
+
+def test_messages_list_several_layers_separated_by_commas():
+    message = saturation_message({"a": 3.25, "b": 4.0}, {"a": 1.99, "b": -1.5}, step=7)
+    assert "by training step 7: a (mean |α·p+β| = 3.25, scale +1.99), b (mean |α·p+β| = 4.00, scale -1.50). " in message
+    with pytest.raises(NonFiniteCAReLUError) as raised:
+        check_finite(["a", "b", "c"], torch.tensor([[math.nan, 0.5], [0.1, 0.2], [1.0, math.inf]]), 3, "after backward")
+    assert "by training step 3 (after backward) in a (alpha=nan, beta=0.5), c (alpha=1, beta=inf). " in str(raised.value)
