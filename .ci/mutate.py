@@ -29,7 +29,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
              ["tests/test_module_and_swap.py", "tests/test_call_sites.py", "tests/test_call_site_corpus.py"]),
     "optimizer": (["caer_lightning/param_groups.py", "caer_lightning/optim.py", "caer_lightning/lr_policy.py",
                    "caer_lightning/callbacks/lr_group.py"],
-                  ["tests/test_param_groups.py", "tests/test_callback_parts.py"]),
+                  ["tests/test_param_groups.py", "tests/test_callback_parts.py", "tests/test_optim.py"]),
     "guards": (["caer_lightning/guards.py"], ["tests/test_guards.py", "tests/test_callback_parts.py"]),
     "dashboard": (["caer_lightning/dashboard.py", "caer_lightning/callbacks/monitor.py",
                    "caer_lightning/callbacks/heat_maps.py"],
@@ -40,12 +40,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-def mutmut_config(files: list[str], tests: list[str], slow: bool) -> str:
+def mutmut_config(files: list[str], tests: list[str], fast: bool) -> str:
     """The [mutmut] section of setup.cfg for one group."""
     def lines(values: list[str]) -> str:
         return "".join(f"\n    {value}" for value in values)
 
-    pytest_args = ["-p", "no:cacheprovider", "-q"] + ([] if slow else ["-m", "not slow"])
+    pytest_args = ["-p", "no:cacheprovider", "-q"] + (["-m", "not slow"] if fast else [])
     return (
         "[mutmut]\n"
         "source_paths =\n    caer_lightning\n"
@@ -76,12 +76,12 @@ def results(copy: Path) -> dict[str, str]:
     return dict(line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
 
 
-def run_group(name: str, children: int, slow: bool, keep: bool) -> tuple[int, int]:
+def run_group(name: str, children: int, fast: bool, keep: bool) -> tuple[int, int]:
     files, tests = GROUPS[name]
     copy = Path(tempfile.mkdtemp(prefix=f"caer-mutate-{name}-"))
     try:
         copy_working_tree(copy)
-        (copy / "setup.cfg").write_text(mutmut_config(files, tests, slow))
+        (copy / "setup.cfg").write_text(mutmut_config(files, tests, fast))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         log = copy / "mutmut-run.log"
         with log.open("w") as out:  # mutmut's progress line is long: kept in the copy, not on the terminal
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("groups", nargs="*", help=f"any of: {', '.join(GROUPS)}")
     parser.add_argument("--list", action="store_true", help="show each group's files and tests")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 1, help="parallel mutants")
-    parser.add_argument("--slow", action="store_true", help="also run the tests marked slow")
+    parser.add_argument("--fast", action="store_true", help="leave out the tests marked slow (a lower score)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy (to `mutmut show` survivors)")
     args = parser.parse_args(argv)
     unknown = [group for group in args.groups if group not in GROUPS]
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise SystemExit('mutmut is not installed: pip install -e ".[mutation]"') from None
     for group in args.groups:
-        run_group(group, args.children, args.slow, args.keep)
+        run_group(group, args.children, args.fast, args.keep)
 
 
 if __name__ == "__main__":

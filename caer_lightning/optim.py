@@ -28,7 +28,8 @@ SOURCE_KEY = "carelu_source"
 @dataclass(frozen=True)
 class NewGroup:
     """A CAReLU group of one optimizer: its index, the group its lr follows, and the lr ratio between them
-    (None when that group's base lr is 0: then the CAReLU group keeps its own lr)."""
+    (None when that group's base lr is 0: then the CAReLU group keeps its own base lr, which schedulers scale like
+    any other group's)."""
 
     index: int
     source: int
@@ -112,4 +113,14 @@ def extend_scheduler(scheduler: object, new: NewGroup) -> None:
     for attribute, values in _compat.scheduler_group_lists(scheduler):
         if len(values) == new.index:  # not extended yet
             entry = values[new.source]
-            values.append(entry * (new.ratio or 0.0) if attribute in _compat.SCHEDULER_LR_LISTS else entry)
+            if attribute not in _compat.SCHEDULER_LR_LISTS:
+                values.append(entry)
+            elif new.ratio is not None:
+                values.append(entry * new.ratio)
+            else:  # the source's lr is 0: the group's own base lr, scheduled like the others (a floor of 0)
+                values.append(0.0 if attribute == "min_lrs" else _own_base_lr(scheduler, new))
+
+
+def _own_base_lr(scheduler: object, new: NewGroup) -> float:
+    group = scheduler.optimizer.param_groups[new.index]
+    return float(group.get("initial_lr", group["lr"]))

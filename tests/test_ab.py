@@ -28,6 +28,7 @@ def two_seeds(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_json_has_both_arms_for_both_seeds_consistent_with_run_logs(two_seeds):
     out, results = two_seeds
     saved = json.loads((out / "results.json").read_text())
@@ -55,6 +56,7 @@ def test_json_has_both_arms_for_both_seeds_consistent_with_run_logs(two_seeds):
     assert summary["ratio_step_seconds_median"] > 0 and summary["ratio_peak_memory_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_report_table_and_plot(two_seeds):
     out, _ = two_seeds
     report = (out / "report.md").read_text()
@@ -68,6 +70,7 @@ def test_report_table_and_plot(two_seeds):
     assert image.size[0] >= 600 and image.size[1] >= 400
 
 
+@pytest.mark.slow
 def test_both_arms_of_a_seed_see_the_same_batches(two_seeds):
     out, _ = two_seeds
     batches = {(s, arm): json.loads((out / f"seed{s}" / arm / "metrics.json").read_text())["batches"]
@@ -78,6 +81,7 @@ def test_both_arms_of_a_seed_see_the_same_batches(two_seeds):
     assert batches[(0, "relu")] != batches[(1, "relu")], "the fingerprint must tell different orders apart"
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(two_seeds, capsys):
     out, results = two_seeds
     result_file = out / "seed1" / "carelu" / "result.json"
@@ -90,6 +94,7 @@ def test_rerun_skips_finished_runs(two_seeds, capsys):
     assert [r["status"] for r in again["runs"]] == ["ok"] * 4
 
 
+@pytest.mark.slow
 def test_another_experiment_in_the_same_out_stops_before_training(two_seeds, capsys):
     """README's sweeps one after another into one folder: the second must not report the first one's numbers."""
     out, _ = two_seeds
@@ -103,6 +108,7 @@ def test_another_experiment_in_the_same_out_stops_before_training(two_seeds, cap
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_a_run_recorded_without_its_configuration_is_not_reused(tmp_path):
     from caer_lightning.runner import RunMismatch, differences, finished_run, run_key
 
@@ -123,6 +129,7 @@ def test_a_run_recorded_without_its_configuration_is_not_reused(tmp_path):
         "seed: 0 -> 1"]
 
 
+@pytest.mark.slow
 def test_a_failing_arm_is_reported(tmp_path):
     config = yaml.safe_load(Path(QUICKSTART).read_text())
     for callback in config["trainer"]["callbacks"]:

@@ -26,6 +26,7 @@ def _loaded_after(code: str) -> list[str]:
     return ast.literal_eval(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_core_imports_neither_lightning_nor_matplotlib():
     code = "\n".join(f"import {module}" for module in CORE)
     code += "\nfrom caer_lightning import CAReLU, swap_activations, carelu_param_groups"
@@ -33,6 +34,7 @@ def test_the_core_imports_neither_lightning_nor_matplotlib():
     assert _loaded_after(code) == []
 
 
+@pytest.mark.slow
 def test_the_callback_is_a_lazy_attribute():
     assert _loaded_after("import caer_lightning\nassert 'CAReLUCallback' in dir(caer_lightning)") == []
     assert "lightning" in _loaded_after("from caer_lightning import CAReLUCallback")

@@ -760,6 +760,7 @@ def test_gradients_reach_every_site():
     (InPlace, (x(3, 4),)), (Imported, (x(2, 4),)), (Helpers, (x(3, 4),)), (ExclusiveArms, (x(2, 4),)),
     (OptionalArguments, (x(3, 6),)), (lambda: make_closure_model(2.0), (x(2, 4),)),  # a local class: no pickle
 ])
+@pytest.mark.slow
 def test_rewritten_methods_pickle_copy_and_compile_fullgraph(cls, inputs):
     """What spawn workers, weight averaging and torch.compile do with a swapped model."""
     model = cls()

@@ -52,6 +52,7 @@ def test_torchvision_resnet18_every_call_site_has_its_own_module():
     assert swap_activations(swapped) == [], "idempotent"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
 def test_torchvision_functional_relu(name):
     """BasicConv2d.forward applies F.relu(x, inplace=True); there is no ReLU module at all."""
@@ -62,6 +63,7 @@ def test_torchvision_functional_relu(name):
     assert names == [f"{n}.relu" for n in convs] and len(convs) > 50
 
 
+@pytest.mark.slow
 def test_torchvision_mobilenet_v2_relu6():
     model = torchvision.models.mobilenet_v2(num_classes=NUM_CLASSES)
     names = same_outputs_after_swap(model, torch.randn(2, 3, 32, 32), targets=(nn.ReLU6,))
@@ -184,6 +186,7 @@ def test_callback_on_functional_model_trains_and_round_trips(tmp_path):
     assert torch.equal(loaded.eval()(x), model.eval()(x))
 
 
+@pytest.mark.slow
 def test_rewritten_model_copies_pickles_and_compiles_fullgraph():
     model = FunctionalConvNet()
     swap_activations(model)
@@ -324,6 +327,7 @@ def test_the_pretrained_record_names_each_layer_relative_to_its_model():
     assert record == {"net.relu": expected, "net.relu_1": expected}
 
 
+@pytest.mark.slow
 @SPAWN_TEARDOWN_RERUN
 def test_ddp_spawn_with_rewritten_call_sites(tmp_path):
     """Two gloo ranks train the traced call sites; the main process ends with the workers' α, β."""

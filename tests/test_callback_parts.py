@@ -186,6 +186,7 @@ def _monitor_of_betas(*betas: float) -> Monitor:
     return monitor
 
 
+@pytest.mark.slow
 def test_heat_maps_spend_their_colours_on_the_values_taken():
     class Writer:
         figures: list = []

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import PurePosixPath
+
+import fsspec
 import pytest
 import torch
 from lightning.pytorch import seed_everything
@@ -10,8 +14,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim import lr_scheduler
 
 from caer_lightning import CAReLU, CAReLUCallback, load_checkpoint
-from caer_lightning.checkpoint import restore_swaps
-from caer_lightning.record import layers_in_state_dict
+from caer_lightning.callbacks.checkpoint_check import check_fits
+from caer_lightning.checkpoint import read_checkpoint, restore_swaps
+from caer_lightning.record import STATE_KIND, WEIGHTS_ONLY_KEY, layers_in_state_dict, rebuild_swaps, recorded_swaps
+from caer_lightning.swap import swap_activations
 from caer_lightning.models import TimmClassifier
 from helpers import TinyNet, ValidatedTinyNet, loader, trainer
 
@@ -164,6 +170,7 @@ def test_refit_with_another_configuration_records_what_the_layers_hold(tmp_path)
         assert torch.equal(loaded(x), model.eval()(x))
 
 
+@pytest.mark.slow
 def test_timm_classifier_load_from_checkpoint_rebuilds_the_swap(tmp_path):
     """Our own LightningModule restores the swap in on_load_checkpoint: its load_from_checkpoint just works."""
     model = TimmClassifier("resnet18", num_classes=4, cifar_stem=True)
@@ -199,3 +206,163 @@ def test_layers_in_a_state_dict_are_told_from_other_modules_with_alpha_and_beta(
     model = torch.nn.Sequential(Scaled(), CAReLU(), torch.nn.ReLU())
     state = {**model.state_dict(), "2.alpha": torch.zeros(()), "2.beta": torch.zeros(()), "3.alpha": torch.ones(())}
     assert layers_in_state_dict(state, model) == ["1", "2"]
+
+
+def test_layers_in_a_state_dict_leave_out_modules_with_either_parameter_name():
+    """A module of the model with a parameter named alpha or beta (not both) is still not a CAReLU layer."""
+    class OnlyAlpha(torch.nn.Module):  # parameter alpha, buffer beta: its state dict holds both names
+        def __init__(self) -> None:
+            super().__init__()
+            self.alpha = torch.nn.Parameter(torch.ones(1))
+            self.register_buffer("beta", torch.zeros(1))
+
+    class OnlyBeta(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.beta = torch.nn.Parameter(torch.ones(1))
+            self.register_buffer("alpha", torch.zeros(1))
+
+    model = torch.nn.Sequential(OnlyAlpha(), OnlyBeta(), torch.nn.Sequential(CAReLU()))
+    assert set(model.state_dict()) == {"0.alpha", "0.beta", "1.alpha", "1.beta", "2.0.alpha", "2.0.beta"}
+    assert layers_in_state_dict(model.state_dict(), model) == ["2.0"]
+
+
+def swap_state(callback: CAReLUCallback, swapped: list[str], **extra) -> dict:
+    """The state a checkpoint records for `callback` (its real `config`), as `record` reads it."""
+    return {"kind": STATE_KIND, "config": callback.config, "swapped": swapped, **extra}
+
+
+def test_recorded_swaps_reads_weights_only_checkpoints_and_skips_other_states():
+    ours = swap_state(CAReLUCallback(), ["net.2", "net.5"])
+    second = swap_state(CAReLUCallback(include="net.5"), ["net.5"])
+    weights_only = {"state_dict": {}, WEIGHTS_ONLY_KEY: [ours]}  # no "callbacks" key at all
+    assert recorded_swaps(weights_only) == [ours]
+    full = {"callbacks": {"ModelCheckpoint{}": {"kind": "other"}, "CAReLUCallback{}": second, "x": "not a dict"},
+            WEIGHTS_ONLY_KEY: [ours, {"kind": "other"}]}
+    assert recorded_swaps(full) == [second, ours]
+    assert recorded_swaps({"state_dict": {}}) == []
+
+
+def test_rebuild_swaps_honours_the_recorded_exclude():
+    model = TinyNet()
+    state = swap_state(CAReLUCallback(exclude="net.2", variant="l1"), ["net.5"],
+                       layers={"net.5": {"variant": "l1", "reduction": "sample", "K": 2.0, "eps": 1e-6}})
+    assert rebuild_swaps(model, [state]) == ["net.5"]
+    assert type(model.net[2]) is torch.nn.ReLU and model.net[5].variant == "l1"
+
+
+def test_rebuild_swaps_honours_the_recorded_targets():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.GELU())
+    state = swap_state(CAReLUCallback(targets="torch.nn.GELU"), ["3"])
+    assert rebuild_swaps(model, [state]) == ["3"]
+    assert type(model[1]) is torch.nn.ReLU and isinstance(model[3], CAReLU)
+
+
+def test_rebuild_swaps_without_recorded_layers_builds_them_from_the_config():
+    """A state that records no per-layer configuration: each layer is built with the callback's CAReLU arguments."""
+    model = TinyNet()
+    state = swap_state(CAReLUCallback(variant="l1", reduction="channel", K=3.0, alpha_init=0.25, beta_init=0.5,
+                                      eps=1e-4), ["net.2", "net.5"])
+    assert "layers" not in state
+    assert rebuild_swaps(model, [state]) == ["net.2", "net.5"]
+    for layer in (model.net[2], model.net[5]):
+        assert (layer.variant, layer.reduction, layer.K, layer.eps) == ("l1", "channel", 3.0, 1e-4)
+        assert (layer.alpha.item(), layer.beta.item()) == (0.25, 0.5)
+
+
+def test_restore_swaps_without_a_recorded_swap_returns_the_layers_the_module_has():
+    swapped = TinyNet()
+    swap_activations(swapped)
+    assert restore_swaps(swapped, {"state_dict": swapped.state_dict()}) == ["net.2", "net.5"]
+    assert restore_swaps(TinyNet(), {"state_dict": {}}) == []
+
+
+def test_load_checkpoint_passes_kwargs_accepts_strict_and_hides_only_the_alpha_beta_warning(trained):
+    class AnnouncingNet(TinyNet):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            warnings.warn(f"AnnouncingNet built with lr={self.hparams.lr}", UserWarning)
+
+    model, _, directory = trained
+    with pytest.warns(UserWarning, match=r"AnnouncingNet built with lr=0\.5") as record:
+        loaded = load_checkpoint(AnnouncingNet, directory / "epoch=1-step=8.ckpt", lr=0.5, strict=True)
+    assert not [w for w in record if "Found keys that are not in the model state dict" in str(w.message)]
+    assert loaded.hparams.lr == 0.5 and carelu_values(loaded) == carelu_values(model)
+
+
+def test_load_checkpoint_reads_an_fsspec_url(trained):
+    model, _, directory = trained
+    memory = fsspec.filesystem("memory")
+    url = "memory://caer-test/epoch=1-step=8.ckpt"
+    try:
+        memory.pipe(url, (directory / "epoch=1-step=8.ckpt").read_bytes())
+        assert read_checkpoint(url)["state_dict"].keys() == model.state_dict().keys()
+        assert carelu_values(load_checkpoint(TinyNet, url)) == carelu_values(model)
+    finally:
+        memory.rm("memory://caer-test", recursive=True)
+
+
+def test_read_checkpoint_maps_tensors_written_on_a_gpu_to_the_cpu(trained, tmp_path, monkeypatch):
+    """A checkpoint whose tensors were saved from CUDA (location tag 'cuda:0') loads on the CPU."""
+    model, _, directory = trained
+    checkpoint = torch.load(directory / "epoch=1-step=8.ckpt", weights_only=False)
+    with monkeypatch.context() as patched:  # tag every storage as a CUDA one, as a GPU run writes them
+        patched.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(checkpoint, tmp_path / "gpu.ckpt")
+    read = read_checkpoint(tmp_path / "gpu.ckpt")
+    assert {value.device.type for value in read["state_dict"].values()} == {"cpu"}
+    assert torch.equal(read["state_dict"]["net.5.alpha"], checkpoint["state_dict"]["net.5.alpha"])
+    loaded = load_checkpoint(TinyNet, tmp_path / "gpu.ckpt")
+    assert carelu_values(loaded) == carelu_values(model)
+
+
+def test_load_checkpoint_reads_checkpoints_holding_more_than_tensors(trained, tmp_path):
+    """Another callback's state may hold any object; with weights_only=False for Lightning, load_checkpoint loads."""
+    model, _, directory = trained
+    checkpoint = torch.load(directory / "epoch=1-step=8.ckpt", weights_only=False)
+    checkpoint["callbacks"]["DataState"] = {"root": PurePosixPath("/data/run")}
+    torch.save(checkpoint, tmp_path / "objects.ckpt")
+    assert read_checkpoint(tmp_path / "objects.ckpt")["callbacks"]["DataState"] == {"root": PurePosixPath("/data/run")}
+    loaded = load_checkpoint(TinyNet, tmp_path / "objects.ckpt", weights_only=False)
+    assert carelu_values(loaded) == carelu_values(model)
+
+
+def test_check_fits_says_what_each_side_holds():
+    swapped = TinyNet()
+    swap_activations(swapped)  # CAReLU at net.2, net.5
+    partly = TinyNet()
+    swap_activations(partly, include="net.5")
+    states = {  # two recorded swaps (configurations cut short) and another callback's state
+        "A": {"kind": STATE_KIND, "config": {"targets": ["torch.nn.ReLU"], "include": "net.5", "K": 3.0},
+              "swapped": ["net.5"]},
+        "B": {"kind": "other"},
+        "C": {"kind": STATE_KIND, "config": {"targets": ["torch.nn.GELU"], "include": None}, "swapped": []},
+    }
+    with pytest.raises(MisconfigurationException) as error:
+        check_fits(swapped, {"state_dict": partly.state_dict(), "callbacks": states})
+    written_by = ("CAReLUCallback(targets=['torch.nn.ReLU'], include='net.5', K=3.0) swapped ['net.5']; "
+                  "CAReLUCallback(targets=['torch.nn.GELU'], include=None) swapped []")
+    assert str(error.value) == (
+        "CAReLUCallback: this checkpoint's CAReLU layers are not this model's, so its weights cannot be loaded. "
+        "The checkpoint holds alpha, beta of no other layer that this model has no CAReLU at, and none for its "
+        f"CAReLU layers ['net.2']. It was written by: {written_by}. Run with the same CAReLUCallback settings, "
+        "or load the trained model with caer_lightning.load_checkpoint(YourModule, path)."
+    )
+    with pytest.raises(MisconfigurationException) as error:
+        check_fits(TinyNet(), {"state_dict": swapped.state_dict()})
+    assert str(error.value) == (
+        "CAReLUCallback: this checkpoint's CAReLU layers are not this model's, so its weights cannot be loaded. "
+        "The checkpoint holds alpha, beta of ['net.2', 'net.5'] that this model has no CAReLU at, and none for its "
+        "CAReLU layers (none). It was written by: no CAReLUCallback swap. Run with the same CAReLUCallback "
+        "settings, or load the trained model with caer_lightning.load_checkpoint(YourModule, path)."
+    )
+
+
+def test_check_fits_passes_matching_non_strict_and_state_less_checkpoints():
+    swapped = TinyNet()
+    swap_activations(swapped)
+    assert check_fits(swapped, {"state_dict": swapped.state_dict()}) is None
+    assert check_fits(swapped, {}) is None  # nothing to load: Lightning reports that itself
+    lenient = TinyNet()
+    lenient.strict_loading = False  # the module loads non-strictly: the checkpoint's extra alpha, beta are dropped
+    assert check_fits(lenient, {"state_dict": swapped.state_dict()}) is None

@@ -35,6 +35,7 @@ def listed_subcommands(help_text: str) -> dict[str, str]:
     return {name: description.strip() for name, _, description in rows}
 
 
+@pytest.mark.slow
 def test_help_lists_every_subcommand():
     done = caer("--help")
     assert done.returncode == 0, done.stderr
@@ -164,6 +165,7 @@ OVERRIDES = ["--trainer.max_epochs=2", "--model.init_args.optimizer=torch.optim.
              "--model.init_args.optimizer.init_args.lr=1e-3", "--data.init_args.image_size=8", "--seed_everything=true"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [[], OVERRIDES], ids=["config only", "with overrides"])
 def test_resolved_config_is_what_print_config_prints(overrides, tmp_path):
     resolved = runner.resolved_config(QUICKSTART, overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -18,6 +19,7 @@ def small_cnn() -> nn.Sequential:
     )
 
 
+@pytest.mark.slow
 def test_compiled_model_matches_eager_in_outputs_and_gradients():
     eager, compiled = small_cnn(), small_cnn()
     run = torch.compile(compiled, fullgraph=True)  # fullgraph: any graph break is an error

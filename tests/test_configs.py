@@ -33,6 +33,7 @@ def test_configs_are_found():
     assert len(names) >= 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.relative_to(ROOT / "configs").as_posix())
 def test_config_runs_fast_dev_run(config, tmp_path):
     cli = build_cli(["fit", *_local_args(config, tmp_path), "--trainer.fast_dev_run=1"])
@@ -56,6 +57,7 @@ def test_resnet18_configs_differ_only_in_the_callback():
     assert carelu["trainer"]["max_epochs"] == 200 and carelu["data"]["init_args"]["batch_size"] == 128
 
 
+@pytest.mark.slow
 def test_print_config_round_trips(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_cli(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--print_config"])
@@ -69,6 +71,7 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert any(isinstance(m, CAReLU) for m in cli.model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`ModelCheckpoint\\(monitor='val_acc'\\)` could not find the monitored key")  # 1 step
 def test_rerun_into_the_same_directory_does_not_crash(tmp_path):
     """A fixed logger version makes both runs save their config to the same folder."""
@@ -81,6 +84,7 @@ def test_rerun_into_the_same_directory_does_not_crash(tmp_path):
     assert (tmp_path / "quickstart" / "fixed" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_caer_console_script():
     caer = shutil.which("caer", path=str(Path(sys.executable).parent))
     assert caer, "the `caer` console script is not installed"

@@ -135,6 +135,7 @@ def test_logged_scale_and_energy_ratio_equal_values_recomputed_from_the_batch(tm
         assert float(row[f"carelu/{layer}/saturation"]) == pytest.approx((-2.0 * p + 0.3).abs().mean().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_heat_maps_are_drawn_when_the_budget_allows(tmp_path, monkeypatch):
     from caer_lightning.callbacks import heat_maps
 
@@ -192,6 +193,7 @@ def test_heatmap_labels_never_overlap(layers):
     assert labels[0].get_text() == "layer0.act" and (layers > 40 or len(labels) == layers)
 
 
+@pytest.mark.slow
 def test_trainer_cadence_is_used_and_zero_turns_logging_off(tmp_path):
     logger = CSVLogger(tmp_path, name="every3")
     trainer(logger=logger, callbacks=[CAReLUCallback()], max_steps=7, max_epochs=5, log_every_n_steps=3).fit(
@@ -208,6 +210,7 @@ def test_trainer_cadence_is_used_and_zero_turns_logging_off(tmp_path):
     assert "carelu/" not in header
 
 
+@pytest.mark.slow
 def test_histograms_can_be_turned_off(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="run")
     fit_with(logger, log_histograms=False)
@@ -216,6 +219,7 @@ def test_histograms_can_be_turned_off(tmp_path):
     assert events.Tags()["histograms"] == [] and events.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_csv_logger_gets_the_same_scalar_keys(tmp_path):
     logger = CSVLogger(tmp_path, name="run")
     fit_with(logger)

@@ -35,6 +35,7 @@ class SaveRankState(Callback):
                     "world_size": trainer.world_size}, f"{self.directory}/rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow
 @SPAWN_TEARDOWN_RERUN
 def test_ddp_spawn_two_ranks_agree(tmp_path):
     model = TinyNet()

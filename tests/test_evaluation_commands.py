@@ -45,6 +45,7 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_test_logs_into_the_run_that_wrote_the_checkpoint(trained):
     fit_config = (trained / "config.yaml").read_text()
     with warnings.catch_warnings(record=True) as caught:
@@ -58,6 +59,7 @@ def test_test_logs_into_the_run_that_wrote_the_checkpoint(trained):
     assert "test_acc" in cli_run.trainer.callback_metrics
 
 
+@pytest.mark.slow
 def test_predict_writes_every_prediction_and_says_where(trained, caplog):
     checkpoint = trained / "checkpoints" / "last.ckpt"
     with caplog.at_level(logging.INFO):
@@ -82,6 +84,7 @@ def test_predict_writes_every_prediction_and_says_where(trained, caplog):
     assert f"accuracy against the batches' labels: {accuracy:.4f}" in caplog.text
 
 
+@pytest.mark.slow
 def test_predict_leaves_a_users_own_writer_alone(trained, tmp_path):
     class Collect(BasePredictionWriter):
         def __init__(self):
@@ -106,6 +109,7 @@ def _logger(**init_args):
     return Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(**init_args))
 
 
+@pytest.mark.slow
 def test_only_the_run_that_wrote_the_checkpoint_is_reused(tmp_path):
     ckpt = str(tmp_path / "logs" / "exp" / "version_3" / "checkpoints" / "last.ckpt")
     assert checkpoint_run(ckpt) == (tmp_path / "logs" / "exp", "version_3")
@@ -216,6 +220,7 @@ def test_caer_keeps_lightnings_banner_and_a_deprecation_inside_lightning_off_the
     assert "Tip" not in caplog.text and caplog.text.count("Restoring states") == len(cli.RANK_ZERO_LOGGERS)
 
 
+@pytest.mark.slow
 def test_caer_predict_as_users_run_it(trained):
     done = subprocess.run(
         [sys.executable, "-m", "caer_lightning.cli", "predict", *_args(trained.parents[1]),

@@ -43,6 +43,7 @@ def onnx_outputs(model: nn.Module, example: torch.Tensor, path, batches=(1, 5)) 
     return results
 
 
+@pytest.mark.slow
 def test_onnx_timm_resnet18_matches_pytorch(tmp_path):
     model = trained_like(timm.create_model("resnet18", num_classes=10))
     swap_activations(model)
@@ -52,6 +53,7 @@ def test_onnx_timm_resnet18_matches_pytorch(tmp_path):
         torch.testing.assert_close(onnx, torch_out, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_token_reduction_vit_matches_pytorch(tmp_path):
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10)
     swap_activations(model, nn.GELU, factory=lambda old: CAReLU(reduction="token"))
@@ -61,6 +63,7 @@ def test_onnx_token_reduction_vit_matches_pytorch(tmp_path):
         torch.testing.assert_close(onnx, torch_out, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,reduction", list(itertools.product(VARIANTS, REDUCTIONS)))
 def test_onnx_every_variant_and_reduction(variant, reduction, tmp_path):
     torch.manual_seed(0)
@@ -72,6 +75,7 @@ def test_onnx_every_variant_and_reduction(variant, reduction, tmp_path):
         torch.testing.assert_close(onnx, torch_out, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_exported_graph_needs_no_custom_op(tmp_path):
     import onnx
 
@@ -110,6 +114,7 @@ def test_torch_jit_trace_round_trip(tmp_path):
     torch.testing.assert_close(plain(x), model(x))
 
 
+@pytest.mark.slow
 def test_from_a_checkpoint_to_onnx(tmp_path):
     """README's path: load_checkpoint, then torch.onnx.export."""
     model = TinyNet()

@@ -152,6 +152,7 @@ def test_too_few_dims_for_reduction():
         carelu(torch.randn(2, 3), torch.tensor(0.0), torch.tensor(0.5), reduction="channel")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,reduction", CASES)
 def test_gradgradcheck_double_backward(variant, reduction):
     """Gradient penalties (WGAN-GP, R1, input-gradient regularisers) differentiate the gradient itself."""

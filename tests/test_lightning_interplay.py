@@ -62,6 +62,7 @@ class EpochParameters(Callback):
 
 
 # Rows 1 and 4: StochasticWeightAveraging, either side of the callback.
+@pytest.mark.slow
 @pytest.mark.parametrize("swa_first", [True, False], ids=["swa-first", "swa-last"])
 def test_stochastic_weight_averaging(swa_first):
     seed_everything(0)
@@ -157,6 +158,7 @@ class SaveRankZeroModel(Callback):
             torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.path)
 
 
+@pytest.mark.slow
 @SPAWN_TEARDOWN_RERUN
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
 def test_spawn_strategies_return_the_trained_model(strategy, tmp_path):
@@ -214,6 +216,7 @@ class CompiledInConfigureModel(TinyNet):
             self.net = torch.compile(self.net, backend="eager")
 
 
+@pytest.mark.slow
 def test_compile_in_configure_model_round_trips(tmp_path):
     model = CompiledInConfigureModel()
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
@@ -255,6 +258,7 @@ FLOORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FLOORS)
 def test_lr_floors_keep_the_ratio(name):
     plateau = "Plateau" in name

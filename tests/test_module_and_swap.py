@@ -175,6 +175,7 @@ def test_channel_reduction_on_a_2d_input_names_the_layer():
         model(torch.randn(2, 3, 4, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "mobilenetv3_small_050"])
 def test_carelu_as_a_timm_act_layer(name):
     """timm builds activations as act_layer(inplace=True): CAReLU takes the argument (and never works in place)."""

@@ -67,6 +67,7 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_configs_types_and_declared_imports(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n.removeprefix("caer_lightning/configs/") for n in names if n.startswith("caer_lightning/configs/")}
@@ -86,6 +87,7 @@ def test_the_wheel_holds_configs_types_and_declared_imports(wheel):
     assert not missing, f"imported but not declared: {missing}"
 
 
+@pytest.mark.slow
 def test_the_wheel_runs_the_main_job_outside_a_checkout(wheel, tmp_path):
     target = tmp_path / "site"
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),

@@ -60,6 +60,7 @@ def test_the_callback_is_a_callback_of_both_packages():
     assert isinstance(callback, pl.Callback) and isinstance(callback, lightning.pytorch.Callback)
 
 
+@pytest.mark.slow
 def test_overridden_hooks_are_found_in_modules_of_either_package():
     class Built(PlNet):
         def configure_model(self):
@@ -108,6 +109,7 @@ class SaveRankZeroModel(pl.Callback):
             torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.path)
 
 
+@pytest.mark.slow
 @SPAWN_TEARDOWN_RERUN
 def test_spawned_workers_return_the_trained_model(tmp_path):
     model = PlNet()

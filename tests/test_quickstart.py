@@ -16,6 +16,7 @@ from caer_lightning.optim import SGD_LR_SCALE
 CONFIG = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
 
 
+@pytest.mark.slow
 def test_quickstart_trains_and_its_checkpoint_reloads(tmp_path):
     cli = build_cli(["fit", "--config", str(CONFIG), f"--trainer.default_root_dir={tmp_path}",
                      f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from caer_lightning import CAReLU, swap_activations
 from caer_lightning.models import TimmClassifier
 
@@ -31,6 +33,7 @@ def test_relative_links_point_at_files_of_the_repository():
     assert "../shared" not in README  # nothing outside a clone
 
 
+@pytest.mark.slow
 def test_logging_overhead_refuses_to_measure_nothing():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "logging_overhead.py"), "--steps", "30"],
                           capture_output=True, text=True, timeout=300)

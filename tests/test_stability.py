@@ -63,6 +63,7 @@ def test_summary_rows_and_table():
     assert gelu[1]["diverged"] == {0: ["test acc 0.700 < GELU 0.900 - 0.05"]}
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path):
     rows = stability.main(["--config", QUICKSTART, "--seeds", "1", "--out", str(tmp_path),
                            "--arms", "relu", "carelu:lr_scale=3.0", *TINY])

@@ -13,6 +13,7 @@ from torch import nn
 from caer_lightning.models import TimmClassifier
 
 
+@pytest.mark.slow
 def test_cifar_stem_keeps_resolution():
     model = TimmClassifier("resnet18", num_classes=100, cifar_stem=True)
     conv1 = model.model.conv1
@@ -32,6 +33,7 @@ def test_unknown_backbone():
         TimmClassifier("resnet_18")
 
 
+@pytest.mark.slow
 def test_pretrained_without_network_says_what_to_do():
     code = "from caer_lightning.models import TimmClassifier; TimmClassifier('resnet18', pretrained=True)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -41,6 +43,7 @@ def test_pretrained_without_network_says_what_to_do():
     assert "set pretrained: false" in done.stderr
 
 
+@pytest.mark.slow
 def test_steps_log_top1_top5_and_predict_probabilities():
     model = TimmClassifier("resnet18", num_classes=10, in_chans=1, cifar_stem=True)
     x, y = torch.randn(6, 1, 16, 16), torch.randint(0, 10, (6,))

@@ -23,6 +23,7 @@ _SPEC.loader.exec_module(timm_sweep)
     ("mobilevitv2_050", 18, 43),  # F.relu in its attention's own methods, GELU/SiLU modules
     ("gmixer_12_224", 0, 24),  # GluMlp: self.act in both arms of `... if self.gate_last else ...`
 ])
+@pytest.mark.slow
 def test_timm_models_compute_exactly_what_they_did(name, relu_sites, sites):
     record = timm_sweep.check(name, image_size=None if name.endswith("224") else 64)
     assert record["outcome"] == ("equal" if relu_sites else "other"), record

@@ -14,6 +14,7 @@ from caer_lightning.functional import carelu
 from caer_lightning.ops.triton import AVAILABLE
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AVAILABLE, reason="triton is not installed")
 def test_triton_kernels_match_reference_under_interpreter():
     cases = Path(__file__).with_name("triton_cases.py")
