@@ -202,3 +202,55 @@ def test_repr_on_the_meta_device():
 def test_non_finite_initial_values_are_refused(argument, value):
     with pytest.raises(ValueError, match=rf"{argument}=.* accepted values: a finite number"):
         CAReLU(**{argument: value})
+
+
+@pytest.mark.parametrize("variant", ["l1", "count"])
+def test_module_competition_uses_the_layers_own_variant_and_eps(variant):
+    z = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    layer = CAReLU(variant=variant, reduction="sample", eps=0.5)
+    expected = competition(z, variant=variant, reduction="sample", eps=0.5)
+    torch.testing.assert_close(layer.competition(z), expected)
+    if variant == "l1":  # eps reaches the normaliser: Σ relu / (Σ|z| + 0.5)
+        torch.testing.assert_close(expected, z.relu().sum(1) / (z.abs().sum(1) + 0.5))
+
+
+def test_module_runs_the_custom_op_outside_export(monkeypatch):
+    from caer_lightning import functional
+
+    calls = []
+    op = functional.carelu_op
+    monkeypatch.setattr(functional, "carelu_op", lambda *args: calls.append(args[-1]) or op(*args))
+    z = torch.randn(2, 3)
+    CAReLU(impl="eager")(z)
+    CAReLU(impl="reference")(z)
+    assert calls == ["eager"]
+
+
+def test_statistics_row_is_float32_on_the_inputs_device_whatever_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        layer = CAReLU()
+        layer.train()
+        layer.track_statistics = True
+        layer(torch.randn(2, 3, dtype=torch.float32))
+        assert layer.pop_statistics().dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+    meta = CAReLU().to("meta")  # a device other than the default one: the row is made where p is
+    meta.train()
+    meta.track_statistics = True
+    meta(torch.randn(2, 3, device="meta"))
+    assert meta.pop_statistics().device.type == "meta"
+
+
+def test_an_unnamed_layer_reports_a_bad_input_without_a_name_even_if_unpickled_from_before_names():
+    layer = CAReLU(reduction="channel")
+    with pytest.raises(ValueError, match=r"^reduction='channel' needs an input with at least 3 dims"):
+        layer(torch.randn(4))
+    del layer.site_name  # a layer pickled before site_name existed
+    with pytest.raises(ValueError, match=r"^reduction='channel' needs an input with at least 3 dims"):
+        layer(torch.randn(4))
+    layer.site_name = "blocks.0.act"
+    with pytest.raises(ValueError, match=r"^CAReLU 'blocks.0.act': reduction='channel' needs"):
+        layer(torch.randn(4))
