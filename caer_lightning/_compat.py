@@ -79,6 +79,12 @@ REACHES: dict[str, Reach] = {
             "the first training step's probe of where each CAReLU is called from",
         ),
         Reach(
+            "torch.distributed.tensor.DTensor (full_tensor) and torch.distributed.fsdp.FSDPModule", "torch", (2, 6),
+            "2.7-2.14",
+            "FSDP2 (fully_shard): reading the sharded alpha, beta of CAReLU layers for the dashboards and guards, "
+            "and telling a model that configure_model sharded from a plain one",
+        ),
+        Reach(
             "triton.runtime.jit.create_function_from_signature, JITFunction._pack_args, triton.compiler.ASTSource",
             "triton", (3, 3), "3.3-3.8",
             "tests only: compiling the kernels ahead of time for sm_80/sm_90 exactly as the JIT would at launch",
@@ -87,7 +93,7 @@ REACHES: dict[str, Reach] = {
 }
 
 SPAWN_RECOVERY, SWA_COPY, EMA_COPY, LAST_LR, CHILD_SCHEDULERS, SCHEDULER_LISTS, TRANSFORMER_FAST_PATH, \
-    MODULE_CALL, TRITON_JIT = REACHES
+    MODULE_CALL, SHARDED, TRITON_JIT = REACHES
 
 
 def installed_version(package: str) -> tuple[int, ...]:
@@ -294,6 +300,41 @@ def module_call_files() -> frozenset[str]:
     return frozenset({inspect.getfile(module_file)})
 
 
+# --- torch: FSDP2 (fully_shard) ---------------------------------------------------------------------------------
+
+
+def _sharding_types() -> tuple[type, type] | None:
+    """(DTensor, FSDPModule), or None where this torch has no FSDP2 in that form (then nothing is sharded)."""
+    if not (supported(SHARDED) and torch.distributed.is_available()):
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return None
+    return DTensor, FSDPModule
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a DTensor (a parameter of a module sharded with fully_shard, outside its forward)."""
+    types = _sharding_types()
+    return types is not None and isinstance(tensor, types[0])
+
+
+def full_value(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`'s whole value as a plain tensor: a DTensor's full tensor (a collective: every rank of its mesh
+    must call it at the same point), any other tensor as it is."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def sharded_modules(model: nn.Module) -> list[str]:
+    """Qualified names of the modules of `model` that fully_shard has sharded ("" for the root)."""
+    types = _sharding_types()
+    if types is None:
+        return []
+    return [name for name, module in model.named_modules() if isinstance(module, types[1])]
+
+
 # --- Triton (tests only) ----------------------------------------------------------------------------------------
 
 
@@ -320,6 +361,7 @@ def compile_launch_for_gpu(kernel: Any, args: tuple, kwargs: dict, capability: i
 
 __all__ = [
     "MissingPrivateAPI", "REACHES", "Reach", "averaged_model", "child_schedulers", "compile_launch_for_gpu",
-    "fast_path_flag", "install_spawn_recovery", "installed_version", "missing", "module_call_files",
-    "scheduler_group_lists", "set_fast_path_flag", "spawn_recovery_installed", "supported", "uses_multiprocessing",
+    "fast_path_flag", "full_value", "install_spawn_recovery", "installed_version", "is_sharded", "missing",
+    "module_call_files", "scheduler_group_lists", "set_fast_path_flag", "sharded_modules", "spawn_recovery_installed",
+    "supported", "uses_multiprocessing",
 ]

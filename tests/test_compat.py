@@ -24,7 +24,7 @@ TORCH = ".".join(map(str, _compat.installed_version("torch")))
 def test_every_reach_is_named_in_this_file():
     source = Path(__file__).read_text()
     for constant, name in zip(("SPAWN_RECOVERY", "SWA_COPY", "EMA_COPY", "LAST_LR", "CHILD_SCHEDULERS",
-                               "SCHEDULER_LISTS", "TRANSFORMER_FAST_PATH", "MODULE_CALL", "TRITON_JIT"),
+                               "SCHEDULER_LISTS", "TRANSFORMER_FAST_PATH", "MODULE_CALL", "SHARDED", "TRITON_JIT"),
                               _compat.REACHES):
         assert getattr(_compat, constant) == name
         assert f"_compat.{constant}" in source.replace("test_every_reach_is_named_in_this_file", ""), name
@@ -162,6 +162,20 @@ def test_transformer_fast_path_flag():
     with pytest.raises(_compat.MissingPrivateAPI,
                        match=f"torch {TORCH} has no .*\\(TransformerEncoderLayer has no activation_relu_or_gelu\\)"):
         _compat.fast_path_flag(relu)
+
+
+# _compat.SHARDED (on sharded models, with DTensors: tests/test_fsdp.py)
+def test_sharding_types_on_plain_tensors_and_below_the_oldest_version(monkeypatch):
+    plain = nn.Sequential(nn.Linear(2, 2))
+    weight = plain[0].weight
+    assert not _compat.is_sharded(weight) and _compat.full_value(weight) is weight
+    assert _compat.sharded_modules(plain) == []
+    from torch.distributed.fsdp import FSDPModule  # the class relied on is where it is looked up
+    from torch.distributed.tensor import DTensor
+
+    assert hasattr(DTensor, "full_tensor") and isinstance(FSDPModule, type)
+    monkeypatch.setattr(_compat, "installed_version", lambda package: (2, 5, 0))
+    assert not _compat.supported(_compat.SHARDED) and _compat._sharding_types() is None
 
 
 # _compat.MODULE_CALL
