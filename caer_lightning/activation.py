@@ -7,12 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from caer_lightning import statistics
+from caer_lightning import _compat, statistics
 from caer_lightning.functional import IMPLS, carelu_parts, competition
 from caer_lightning.ops.common import check_finite_number, check_options
 from caer_lightning.statistics import HISTOGRAM_BINS, FIELDS as STATISTICS
 
 LAYER_FIELDS = ("variant", "reduction", "K", "eps")  # what a layer computes with, besides alpha and beta
+PARAMETER_NAMES = ("alpha", "beta")
 
 
 def exporting() -> bool:
@@ -63,8 +64,9 @@ class CAReLU(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"impl={impl!r} is not supported; accepted values: {', '.join(IMPLS)}")
         self.variant, self.reduction, self.K, self.eps = variant, reduction, float(K), float(eps)
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
-        self.beta = nn.Parameter(torch.tensor(float(beta_init)))
+        # 1-D (one pair per layer: shape (1,)): FSDP2's fully_shard refuses 0-d parameters
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
+        self.beta = nn.Parameter(torch.full((1,), float(beta_init)))
         self.impl = impl
         self.site_name: str | None = None
         self.track_statistics = False
@@ -102,6 +104,17 @@ class CAReLU(nn.Module):
         """`LAYER_FIELDS` and their values: what checkpoints record to rebuild this layer."""
         return {field: getattr(self, field) for field in LAYER_FIELDS}
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Checkpoints written before α, β became 1-D hold them as 0-d tensors: read those as shape (1,)."""
+        for name in PARAMETER_NAMES:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.dim() == 0:
+                state_dict[prefix + name] = value.reshape(1)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def competition(self, z: Tensor) -> Tensor:
         """p per group: (N,) for sample, (N, C) for channel, z.shape[:-1] for token."""
         return competition(z, variant=self.variant, reduction=self.reduction, eps=self.eps)
@@ -110,4 +123,6 @@ class CAReLU(nn.Module):
         text = f"variant={self.variant!r}, reduction={self.reduction!r}, K={self.K:g}, eps={self.eps:g}"
         if self.alpha.is_meta or self.beta.is_meta:  # no values yet (e.g. built under torch.device("meta"))
             return text
+        if _compat.is_sharded(self.alpha) or _compat.is_sharded(self.beta):  # reading them is a collective
+            return f"{text}, sharded"
         return f"{text}, alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from caer_lightning import statistics
+from caer_lightning import _compat, statistics
 from caer_lightning.activation import CAReLU
 from caer_lightning.statistics import HISTOGRAM_BINS
 
@@ -36,8 +36,10 @@ def collect(modules: Sequence[CAReLU]) -> Tensor:
 
 
 def parameters(modules: Sequence[CAReLU]) -> Tensor:
-    """One (layers, 2) device tensor of the modules' (α, β), detached."""
-    return torch.stack([torch.stack((m.alpha, m.beta)) for m in modules]).detach()
+    """One (layers, 2) device tensor of the modules' (α, β) (each parameter's mean: its one value), detached.
+    FSDP2-sharded parameters are gathered first: a collective, so every rank must call this at the same point."""
+    values = [_compat.full_value(p.detach()).mean() for m in modules for p in (m.alpha, m.beta)]
+    return torch.stack(values).view(len(modules), 2)
 
 
 def scalars(names: Sequence[str], table: Tensor, parameters: Tensor) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from caer_lightning.ops.common import accumulation_dtype, check_options, group_dims
+from caer_lightning.ops.common import accumulation_dtype, check_finite_number, check_options, group_dims
 from caer_lightning.ops.op import carelu_op
 from caer_lightning.ops.reference import carelu_reference, competition_reference
 from caer_lightning.ops.triton import unsupported_reason
@@ -22,6 +22,20 @@ def resolve_impl(impl: str, z: Tensor, dims: tuple[int, ...]) -> str:
     if impl == "triton" and (reason := unsupported_reason(z, list(dims))) is not None:
         raise ValueError(f"impl='triton' cannot take this input: {reason}; use impl='auto' or impl='eager'")
     return impl
+
+
+def layer_parameter(name: str, value: Tensor | float, z: Tensor) -> Tensor:
+    """α or β as the op takes it: a tensor of one value, shape (1,) (a CAReLU layer's) or () (a user's); a Python
+    number becomes a 0-d tensor on z's device. Raises ValueError naming `name` for any other shape."""
+    if not isinstance(value, Tensor):
+        check_finite_number(name, value)
+        return torch.tensor(float(value), dtype=accumulation_dtype(z.dtype), device=z.device)
+    # (not while torch.jit.trace records sizes: the check would be recorded too, with a warning)
+    if not torch.jit.is_tracing() and tuple(value.shape) not in ((), (1,)):
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} is not supported; accepted shapes: () or (1,) (one value per layer)"
+        )
+    return value
 
 
 def carelu_with_statistics(
@@ -46,6 +60,7 @@ def carelu_parts(
     """(CAReLU(z), p, tanh(α·p + β)), the last two detached per group: what the op computes anyway, so that
     a forward whose statistics nobody reads costs no extra operation."""
     check_options(variant, reduction, K, eps)
+    alpha, beta = layer_parameter("alpha", alpha, z), layer_parameter("beta", beta, z)
     dims = group_dims(z, reduction)
     impl = resolve_impl(impl, z, dims)
     if impl == "reference":
@@ -57,8 +72,8 @@ def carelu_parts(
 
 def carelu(
     z: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
+    alpha: Tensor | float,
+    beta: Tensor | float,
     *,
     K: float = 2.0,
     variant: str = "energy",
@@ -67,6 +82,9 @@ def carelu(
     impl: str = "auto",
 ) -> Tensor:
     """Competition-based Adaptive ReLU: ReLU(s·z), s = K·tanh(α·p + β), p the positives' share per group.
+
+    `alpha`, `beta`: one value each, as tensors of shape (1,) (a CAReLU layer's parameters) or () (their
+    gradients come back in the same shape), or Python numbers.
 
     `impl` picks the implementation: "auto" (Triton kernels for CUDA tensors of float32/float16/bfloat16 in
     contiguous or channels_last layout, eager ops otherwise), "eager", "triton" (CPU tensors only under

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -25,16 +26,18 @@ def _input(reduction: str, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
     return (z + offset).to(dtype)
 
 
-def _params(alpha: float, beta: float, dtype=torch.float64):
-    return (torch.tensor(alpha, dtype=dtype, requires_grad=True), torch.tensor(beta, dtype=dtype, requires_grad=True))
+def _params(alpha: float, beta: float, dtype=torch.float64, shape: tuple[int, ...] = (1,)):
+    """α, β as CAReLU holds them (shape (1,)), or as a user may pass them (shape ())."""
+    return tuple(torch.full(shape, value, dtype=dtype, requires_grad=True) for value in (alpha, beta))
 
 
 @pytest.mark.parametrize("impl", ["eager", "reference"])
 @pytest.mark.parametrize("variant,reduction", CASES)
 @pytest.mark.parametrize("alpha,beta", [(0.8, 0.3), (-2.5, 0.4)])  # second: some groups get s < 0
-def test_gradcheck(impl, variant, reduction, alpha, beta):
+@pytest.mark.parametrize("shape", [(1,), ()])
+def test_gradcheck(impl, variant, reduction, alpha, beta, shape):
     z = _input(reduction).requires_grad_()
-    a, b = _params(alpha, beta)
+    a, b = _params(alpha, beta, shape=shape)
     fn = lambda z, a, b: carelu(z, a, b, variant=variant, reduction=reduction, impl=impl)
     _, _, s = carelu_with_statistics(z, a, b, variant=variant, reduction=reduction)
     if alpha < 0:
@@ -115,6 +118,40 @@ def test_nan_in_one_sample_leaves_others_unchanged(impl, variant, reduction):
     dirty = carelu(z, a, b, variant=variant, reduction=reduction, impl=impl)
     others = [0, 2]
     assert torch.equal(dirty[others], clean[others])
+
+
+@pytest.mark.parametrize("impl", ["eager", "reference"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameters_of_shape_one_or_none_give_the_same_values_and_grads_in_their_own_shape(impl, variant):
+    z = _input("channel", torch.float32)
+    weights = torch.linspace(-1, 1, z.numel()).view_as(z)
+    results = {}
+    for shape in ((1,), ()):
+        a, b = _params(-1.5, 0.4, torch.float32, shape)
+        out = carelu(z, a, b, variant=variant, reduction="channel", impl=impl)
+        (out * weights).sum().backward()
+        assert a.grad.shape == shape and b.grad.shape == shape
+        results[shape] = (out, a.grad.reshape(()), b.grad.reshape(()))
+    from_numbers = carelu(z, -1.5, 0.4, variant=variant, reduction="channel", impl=impl)
+    for one, none in zip(results[(1,)], results[()]):
+        torch.testing.assert_close(one, none, rtol=0, atol=0)
+    torch.testing.assert_close(from_numbers, results[(1,)][0], rtol=0, atol=0)
+    # dL/dβ recomputed with plain autograd: Σ over groups of du (here by the reference through a scalar)
+    beta = torch.tensor(0.4, requires_grad=True)
+    z64 = z.double()
+    p = competition(z64, variant=variant, reduction="channel").unsqueeze(-1).unsqueeze(-1)
+    expected = (torch.relu(2.0 * torch.tanh(-1.5 * p + beta.double()) * z64) * weights.double()).sum()
+    expected.backward()
+    torch.testing.assert_close(results[(1,)][2].double(), beta.grad.double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 1)])
+def test_parameters_of_other_shapes_are_refused_naming_the_argument(shape):
+    z = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=rf"alpha of shape {re.escape(str(shape))} is not supported; accepted shapes"):
+        carelu(z, torch.zeros(shape), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"beta=nan is not supported"):
+        carelu(z, torch.zeros(1), math.nan)
 
 
 def test_default_init_is_relu_and_negative_scale_flips():

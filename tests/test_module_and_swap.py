@@ -42,7 +42,7 @@ def test_statistics_accumulate_on_device_and_reset():
 
 def test_repr_and_parameters():
     act = CAReLU(variant="l1", reduction="channel", K=3.0)
-    assert isinstance(act.alpha, nn.Parameter) and act.alpha.shape == () and act.beta.shape == ()
+    assert isinstance(act.alpha, nn.Parameter) and act.alpha.shape == (1,) and act.beta.shape == (1,)
     assert act.beta.item() == pytest.approx(math.atanh(1 / 3))
     assert "variant='l1'" in repr(act) and "reduction='channel'" in repr(act) and "K=3" in repr(act)
     assert act.competition(torch.randn(2, 5, 4, 4)).shape == (2, 5)

@@ -42,8 +42,8 @@ def test_triton_matches_reference(variant, reduction, dtype, layout):
     results = {}
     for impl in ("triton", "reference"):
         zi = z.clone().requires_grad_()
-        alpha = torch.tensor(-1.5, requires_grad=True)
-        beta = torch.tensor(0.4, requires_grad=True)
+        alpha = torch.full((1,), -1.5, requires_grad=True)  # a CAReLU layer's shape
+        beta = torch.full((1,), 0.4, requires_grad=True)
         out, p, s = carelu_with_statistics(zi, alpha, beta, variant=variant, reduction=reduction, impl=impl)
         weights = torch.linspace(-1, 1, out.numel()).view(out.shape)
         (out.float() * weights).sum().backward()
@@ -52,6 +52,7 @@ def test_triton_matches_reference(variant, reduction, dtype, layout):
     assert fast["out"].dtype == dtype and fast["out"].stride() == z.stride(), "output keeps dtype and layout"
     assert fast["dz"].stride() == z.stride()
     assert (ref["s"] < 0).any() and (ref["s"] > 0).any()
+    assert fast["dalpha"].shape == fast["dbeta"].shape == (1,), "gradients in the parameters' shape"
     for name in ("p", "s", "dalpha", "dbeta"):  # float32 quantities: float32 tolerance
         torch.testing.assert_close(fast[name], ref[name], msg=name)
     for name in ("out", "dz"):  # in the input's dtype: that dtype's tolerance
@@ -92,9 +93,10 @@ def _compare(z, reduction="sample", variant="energy", alpha=-1.2, beta=0.3):
     weights = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
     for impl in ("triton", "reference"):
         zi = z.clone().requires_grad_()
-        a, b = torch.tensor(alpha, requires_grad=True), torch.tensor(beta, requires_grad=True)
+        a, b = torch.tensor(alpha, requires_grad=True), torch.tensor(beta, requires_grad=True)  # a user's 0-d
         out, p, s = carelu_with_statistics(zi, a, b, variant=variant, reduction=reduction, impl=impl)
         (out.float() * weights).sum().backward()
+        assert a.grad.shape == b.grad.shape == ()
         results[impl] = (out, p, s, zi.grad, a.grad, b.grad)
     for name, fast, ref in zip(("out", "p", "s", "dz", "dalpha", "dbeta"), *results.values()):
         torch.testing.assert_close(fast, ref, msg=name, rtol=2e-5, atol=2e-5)

@@ -237,11 +237,13 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         """The heat maps as they end, and the per-layer summary: a Markdown table in TensorBoard's Text tab and
         in the console."""
         self.monitor.stop()
+        # read on every rank: gathering FSDP2-sharded α, β is a collective
+        final = dashboard.parameters(self.monitor.modules).cpu() if self.monitor.every else None
         if not (self.monitor.every and trainer.is_global_zero and self.monitor.history):
             return
         writers = _tensorboard_writers(trainer)
         self.heat_maps.draw(writers, self.monitor, trainer.global_step)
-        table = self.monitor.summary()
+        table = self.monitor.summary(final)
         rank_zero_info(f"CAReLUCallback: per-layer summary at step {trainer.global_step} ({self.group_name})\n{table}")
         for writer in writers:
             writer.add_text(f"{self.group_name}/summary", table, trainer.global_step)

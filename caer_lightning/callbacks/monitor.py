@@ -90,10 +90,14 @@ class Monitor:
         """(logged steps, layers) means of `field` (one of HISTORY)."""
         return torch.stack(self.history)[..., HISTORY.index(field)]
 
-    def summary(self) -> str:
-        """A Markdown table: each layer's final energy ratio, scale, neg-win share, α, β, and what happened."""
+    def summary(self, parameters: Tensor | None = None) -> str:
+        """A Markdown table: each layer's final energy ratio, scale, neg-win share, α, β, and what happened.
+        `parameters`: the layers' final (α, β) as `dashboard.parameters` gives them, read on every rank (sharded
+        ones are gathered); read here when not given."""
         final = dict(self.final_metrics)
-        for name, (alpha, beta) in zip(self.names, dashboard.parameters(self.modules).tolist()):
+        if parameters is None:
+            parameters = dashboard.parameters(self.modules)
+        for name, (alpha, beta) in zip(self.names, parameters.tolist()):
             final[dashboard.key(name, "alpha")], final[dashboard.key(name, "beta")] = alpha, beta
         scale = self.history_of("sum_s").nan_to_num(0.0)
         saturation = self.history_of("sum_saturation").nan_to_num(0.0)

@@ -65,7 +65,9 @@ def _backward(ctx, grad_out, _grad_p, _grad_tanh, _grad_normaliser):
         grad_z, grad_alpha, grad_beta = _differentiable_backward(ctx, grad_out, z, alpha, beta)
         return grad_z, grad_alpha, grad_beta, None, None, None, None, None
     grad_z, grad_alpha_beta = carelu_backward_op(grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl)
-    grad_alpha, grad_beta = grad_alpha_beta.to(alpha.dtype)
+    # as α, β came: shape (1,) from CAReLU, 0-d or (1,) from users of `carelu`
+    grad_alpha = grad_alpha_beta[0].to(alpha.dtype).reshape(alpha.shape)
+    grad_beta = grad_alpha_beta[1].to(beta.dtype).reshape(beta.shape)
     return grad_z, grad_alpha, grad_beta, None, None, None, None, None
 
 
