@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from caer_lightning import _compat
@@ -88,6 +88,26 @@ def move_to_own_group(
             group[key] = float(group[key]) * ratio if ratio is not None else base
     optimizer.add_param_group(group)
     return NewGroup(index=len(optimizer.param_groups) - 1, source=source, ratio=ratio)
+
+
+# Per-parameter state torch.optim keeps as 0-d tensors whatever the parameter's shape (step counters, NAdam's
+# mu_product, ASGD's eta and mu); every other state tensor has its parameter's shape.
+SCALAR_STATE_KEYS = ("step", "mu_product", "eta", "mu")
+
+
+def upgrade_optimizer_state(optimizer: Optimizer) -> None:
+    """Give the optimizer state of one-value parameters their shape (1,) where it is 0-d: the state of α, β saved
+    when they were 0-d (checkpoints of earlier caer_lightning versions) holds 0-d moments (Adam's exp_avg, SGD's momentum_buffer, ...),
+    which the first step would fail to update. Call it after `optimizer.load_state_dict(old_state)` (or register it:
+    `optimizer.register_load_state_dict_post_hook(upgrade_optimizer_state)`; CAReLUCallback does)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if not state or param.shape != (1,):
+                continue
+            for key, value in state.items():
+                if key not in SCALAR_STATE_KEYS and isinstance(value, Tensor) and value.dim() == 0:
+                    state[key] = value.reshape(1)
 
 
 def keep_ratio(optimizer: Optimizer, name: str, ratio: float | None) -> None:

@@ -38,9 +38,13 @@ def cosine(optimizer):
     return lr_scheduler.CosineAnnealingLR(optimizer, T_max=20)
 
 
-def train(tmp_path, max_epochs: int, ckpt_path=None):
+def adam(params):
+    return torch.optim.Adam(params, lr=0.01)
+
+
+def train(tmp_path, max_epochs: int, ckpt_path=None, optimizer_factory=None):
     seed_everything(0)
-    model = TinyNet(scheduler_factory=cosine)
+    model = TinyNet(scheduler_factory=cosine, optimizer_factory=optimizer_factory)
     recorder = LossRecorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
     run = trainer(callbacks=[CAReLUCallback(lr_scale=5.0), recorder, checkpoints], max_epochs=max_epochs,
@@ -54,6 +58,88 @@ def trained(tmp_path_factory):
     directory = tmp_path_factory.mktemp("run")
     model, recorder = train(directory, max_epochs=2)
     return model, recorder, directory
+
+
+@pytest.fixture(scope="module")
+def trained_adam(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("adam")
+    model, recorder = train(directory, max_epochs=2, optimizer_factory=adam)
+    return model, recorder, directory
+
+
+def old_format(path, to):
+    """The checkpoint at `path` as caer_lightning wrote it while α, β were 0-d parameters: α, β of shape (), and
+    so their optimizer state (Adam's exp_avg and exp_avg_sq, SGD's momentum_buffer); 'step' was 0-d anyway.
+    Returns how many tensors it turned 0-d."""
+    checkpoint = torch.load(path, weights_only=False)
+    changed = 0
+    for key, value in checkpoint["state_dict"].items():
+        if key.endswith((".alpha", ".beta")):
+            assert value.shape == (1,)
+            checkpoint["state_dict"][key], changed = value.reshape(()), changed + 1
+    for optimizer in checkpoint["optimizer_states"]:
+        (group,) = [g for g in optimizer["param_groups"] if g.get("name") == "carelu"]
+        for index in group["params"]:
+            state = optimizer["state"][index]
+            for key, value in state.items():
+                if key != "step":
+                    assert value.shape == (1,)
+                    state[key], changed = value.reshape(()), changed + 1
+    torch.save(checkpoint, to)
+    return changed
+
+
+def test_resume_from_a_checkpoint_with_0d_alpha_beta_and_adam_state(trained_adam, tmp_path):
+    model, recorder, directory = trained_adam
+    old = tmp_path / "old.ckpt"
+    assert old_format(directory / "epoch=0-step=4.ckpt", old) == 4 + 2 * 4  # α, β of 2 layers; exp_avg(_sq) each
+    with pytest.warns(UserWarning, match="The dirpath has changed"):
+        resumed, resumed_recorder = train(tmp_path / "run", max_epochs=2, ckpt_path=old, optimizer_factory=adam)
+    assert resumed_recorder.losses[1] == recorder.losses[1]
+    assert carelu_values(resumed) == carelu_values(model)
+    assert all(m.alpha.shape == (1,) for m in resumed.modules() if isinstance(m, CAReLU))
+
+
+def test_resume_from_a_checkpoint_with_0d_alpha_beta_and_sgd_momentum(trained, tmp_path):
+    model, recorder, directory = trained
+    old = tmp_path / "old.ckpt"
+    assert old_format(directory / "epoch=0-step=4.ckpt", old) == 4 + 4  # α, β of 2 layers; momentum_buffer each
+    with pytest.warns(UserWarning, match="The dirpath has changed"):
+        resumed, resumed_recorder = train(tmp_path / "run", max_epochs=2, ckpt_path=old)
+    assert resumed_recorder.losses[1] == recorder.losses[1]
+    assert carelu_values(resumed) == carelu_values(model)
+
+
+def test_load_checkpoint_and_restore_swaps_read_0d_alpha_beta(trained, tmp_path):
+    model, _, directory = trained
+    old = tmp_path / "old.ckpt"
+    old_format(directory / "epoch=1-step=8.ckpt", old)
+    x = loader(seed=2).dataset.tensors[0]
+    with torch.no_grad():
+        expected = model.eval()(x)
+    for loaded in (load_checkpoint(TinyNet, old), RestoringNet.load_from_checkpoint(old)):
+        assert carelu_values(loaded) == carelu_values(model)
+        assert {m.alpha.shape for m in loaded.modules() if isinstance(m, CAReLU)} == {(1,)}
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), expected)
+
+
+def test_upgrade_optimizer_state_leaves_scalar_state_and_other_shapes():
+    from caer_lightning.optim import upgrade_optimizer_state
+
+    one, weight = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.NAdam([one, weight])
+    (one.sum() + weight.sum()).backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    state["state"][0] = {k: v.reshape(()) if k != "step" else v for k, v in state["state"][0].items()}
+    optimizer.load_state_dict(state)
+    assert optimizer.state[one]["exp_avg"].shape == ()
+    upgrade_optimizer_state(optimizer)
+    assert {k: tuple(v.shape) for k, v in optimizer.state[one].items()} == {
+        "step": (), "mu_product": (), "exp_avg": (1,), "exp_avg_sq": (1,)}
+    assert optimizer.state[weight]["exp_avg"].shape == (3,)
+    optimizer.step()
 
 
 def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):

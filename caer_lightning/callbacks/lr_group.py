@@ -15,7 +15,9 @@ from caer_lightning.activation import CAReLU
 from caer_lightning.arguments import check_non_negative, check_positive
 from caer_lightning.callbacks.interplay import context_parameters
 from caer_lightning.lr_policy import GROUP_NAME, lr_rule
-from caer_lightning.optim import NewGroup, extend_scheduler, find_group, keep_ratio, move_to_own_group
+from caer_lightning.optim import (
+    NewGroup, extend_scheduler, find_group, keep_ratio, move_to_own_group, upgrade_optimizer_state,
+)
 
 
 class CAReLUGroup:
@@ -28,6 +30,7 @@ class CAReLUGroup:
         self.lr, self.lr_scale, self.weight_decay = lr, lr_scale, weight_decay
         self.name = GROUP_NAME
         self.groups: list[tuple[Optimizer, NewGroup]] = []
+        self._upgrades: list[Any] = []  # handles of the optimizers' load_state_dict post hooks
 
     @property
     def config(self) -> dict[str, Any]:
@@ -41,8 +44,12 @@ class CAReLUGroup:
         """Move each layer's α, β into this group of the optimizer that holds them (or, when none does, e.g.
         LightningCLI built it before the swap, the one that holds their part of the model) and extend the
         optimizer's `schedulers` to the group. Layers whose part no optimizer holds (a frozen loss network) are
-        frozen and left out, unless `train_unheld` (then optimizer 0 takes them)."""
+        frozen and left out, unless `train_unheld` (then optimizer 0 takes them). A resume that loads optimizer
+        state saved when α, β were 0-d gets it reshaped (`upgrade_optimizer_state`)."""
         self.groups = []
+        for handle in self._upgrades:
+            handle.remove()
+        self._upgrades = []
         if not optimizers:
             rank_zero_warn("CAReLUCallback: the Trainer has no optimizer, so CAReLU's alpha and beta won't train")
             return
@@ -63,6 +70,7 @@ class CAReLUGroup:
                 optimizer, owned, name=self.name, lr=self.lr, lr_scale=self.lr_scale, weight_decay=self.weight_decay
             )
             self.groups.append((optimizer, new))
+            self._upgrades.append(optimizer.register_load_state_dict_post_hook(upgrade_optimizer_state))
             keep_ratio(optimizer, self.name, new.ratio)
             rank_zero_info(
                 f"CAReLUCallback: alpha, beta of {len(owned) // 2} layers train in group '{self.name}' of "
