@@ -68,6 +68,17 @@ class TinyNet(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
+def block_cnn(seed: int = 0) -> nn.Sequential:
+    """Conv-ReLU ×2 and a pooled linear head, one block each (what fully_shard shards one by one); no BatchNorm,
+    whose batch statistics would differ between one process and ranks that see half the batch each."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES)),
+    )
+
+
 class ValidatedTinyNet(TinyNet):
     """TinyNet with a validation step (logs val_loss), for the tests that validate."""
 

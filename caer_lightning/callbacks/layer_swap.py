@@ -3,12 +3,14 @@ layers of the model the callback owns (trains, logs and records)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from caer_lightning import _compat
 from caer_lightning.activation import CAReLU
 from caer_lightning.callbacks.interplay import in_frozen_part
 from caer_lightning.swap import NameFilter, Patterns, Target, class_path, resolve_targets, swap_activations
@@ -63,6 +65,16 @@ class LayerSwap:
             **self.activation_config,
         )
 
+    def recipe(self) -> str:
+        """The `swap_activations` call that makes this swap by hand (in `configure_model`, before sharding)."""
+        arguments = [repr([class_path(t) for t in self.targets])]
+        arguments += [f"{k}={v!r}" for k, v in (("include", self.include), ("exclude", self.exclude)) if v is not None]
+        defaults = inspect.signature(CAReLU).parameters
+        changed = {k: v for k, v in self.activation_config.items() if v != defaults[k].default}
+        if changed:
+            arguments.append(f"factory=lambda old: CAReLU({', '.join(f'{k}={v!r}' for k, v in changed.items())})")
+        return f"caer_lightning.swap_activations(model, {', '.join(arguments)})"
+
     def new_layer(self, old: nn.Module) -> CAReLU:
         """The factory given to `swap_activations`."""
         module = CAReLU(**self.activation_config, impl=self.impl)
@@ -74,7 +86,9 @@ class LayerSwap:
     ) -> list[str]:
         """Swap `model` and `copies` (weight-averaging copies; already swapped ones are left), then claim. Returns
         the names of the new modules. Before `final` (a `configure_model` still to come) a model with nothing to
-        swap yet is not an error. Raises SwapRefused."""
+        swap yet is not an error. Raises SwapRefused, also when the model was sharded with fully_shard (FSDP2)
+        before this swap added layers to it: their α, β would be plain tensors no rank keeps in step."""
+        sharded = _compat.sharded_modules(model)
         try:
             replaced = swap_activations(
                 model, self.targets, include=self.include, exclude=self.exclude, factory=self.new_layer
@@ -88,6 +102,14 @@ class LayerSwap:
                 swap_activations(copy, self.targets, include=self.include, exclude=self.exclude, factory=self.new_layer)
             except ValueError:
                 pass  # already swapped (taken after this swap)
+        if sharded and replaced:
+            raise SwapRefused(
+                f"CAReLUCallback: the model was sharded with fully_shard (FSDP2; sharded modules: "
+                f"{[name or '<root>' for name in sharded][:4]}) before this callback swapped {replaced}, so their "
+                "alpha, beta would be plain tensors that FSDP2 neither shards nor keeps in step across ranks. Swap "
+                f"before sharding: in configure_model, call {self.recipe()} on the model before fully_shard; this "
+                "callback then finds those CAReLU layers and trains and logs them (README: Sharded training)."
+            )
         self.claim(model, others)
         if final and not self.layers:
             held = [n for n, m in model.named_modules() if isinstance(m, CAReLU)]
