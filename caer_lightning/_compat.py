@@ -80,7 +80,7 @@ REACHES: dict[str, Reach] = {
         ),
         Reach(
             "torch.distributed.tensor.DTensor (full_tensor) and torch.distributed.fsdp.FSDPModule", "torch", (2, 6),
-            "2.7-2.14",
+            "2.14",
             "FSDP2 (fully_shard): reading the sharded alpha, beta of CAReLU layers for the dashboards and guards, "
             "and telling a model that configure_model sharded from a plain one",
         ),
