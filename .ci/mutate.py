@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # group: (files mutated, test files run); paths relative to the repository root, patterns as mutmut's only_mutate
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "ops": (["caer_lightning/ops/*", "caer_lightning/functional.py"],
-            ["tests/test_functional.py", "tests/test_triton.py"]),
+            ["tests/test_functional.py", "tests/test_triton.py", "tests/test_ops_edges.py"]),
     "module": (["caer_lightning/activation.py", "caer_lightning/statistics.py"],
                ["tests/test_module_and_swap.py", "tests/test_export.py", "tests/test_dashboard.py"]),
     "swap": (["caer_lightning/swap.py", "caer_lightning/callsites/*"],
@@ -33,7 +33,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "guards": (["caer_lightning/guards.py"], ["tests/test_guards.py", "tests/test_callback_parts.py"]),
     "dashboard": (["caer_lightning/dashboard.py", "caer_lightning/callbacks/monitor.py",
                    "caer_lightning/callbacks/heat_maps.py"],
-                  ["tests/test_dashboard.py", "tests/test_callback_parts.py"]),
+                  ["tests/test_dashboard.py", "tests/test_callback_parts.py", "tests/test_dashboard_values.py"]),
     "checkpoint": (["caer_lightning/checkpoint.py", "caer_lightning/record.py", "caer_lightning/pretrained.py",
                     "caer_lightning/callbacks/checkpoint_check.py"],
                    ["tests/test_checkpoint.py"]),
