@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from caer_lightning.activation import CAReLU
 from caer_lightning.hf_record import RECORD
@@ -48,7 +49,10 @@ def from_pretrained(model_cls: Any, path: str | Path, **kwargs: Any) -> nn.Modul
         raise ValueError(f"{path}: the saved weights hold no {absent}; they were not saved from the swapped model")
     with torch.no_grad():
         for key, value in saved.items():
-            model.get_parameter(key).copy_(value)
+            parameter = model.get_parameter(key)
+            if is_lazy(parameter):  # per-channel alpha, beta recorded before the layer's first forward
+                parameter.materialize(value.shape)
+            parameter.copy_(value)
     return model
 
 

@@ -68,8 +68,10 @@ class RunRecorder(Callback):
         if self._loss_count:
             self.record["train_loss"].append(float(self._loss_sum) / self._loss_count)
         self._loss_sum, self._loss_count = None, 0
-        self.record["carelu"].append({name: [m.alpha.item(), m.beta.item()]
-                                      for name, m in pl_module.named_modules() if isinstance(m, CAReLU)})
+        # α, β per layer (their means over the channels for per-channel layers; left out before they exist)
+        self.record["carelu"].append({name: [m.alpha.mean().item(), m.beta.mean().item()]
+                                      for name, m in pl_module.named_modules()
+                                      if isinstance(m, CAReLU) and not m.has_uninitialized_params()})
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking and "val_acc" in trainer.callback_metrics:
@@ -93,7 +95,7 @@ class RunRecorder(Callback):
             Path(self.path).write_text(json.dumps(self.record))
 
 
-SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay")
+SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay", "params")
 """The callback's arguments that change what trains (the others pick the layers or the logging)."""
 
 

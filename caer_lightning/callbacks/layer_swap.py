@@ -150,8 +150,11 @@ class LayerSwap:
     def _warn_other_configuration(self) -> None:
         """Layers that were CAReLU before this swap keep their configuration: say so when it is not this swap's
         (the checkpoint records what each layer holds)."""
-        config = CAReLU(**self.activation_config).layer_config()
-        other = {n: m.layer_config() for n, m in self.layers.items() if id(m) not in self.created}
+        def compared(layer: CAReLU) -> dict[str, Any]:  # num_channels is each layer's own (its input's)
+            return {k: v for k, v in layer.layer_config().items() if k != "num_channels"}
+
+        config = compared(CAReLU(**self.activation_config))
+        other = {n: compared(m) for n, m in self.layers.items() if id(m) not in self.created}
         other = {n: c for n, c in other.items() if c != config}
         if other:
             holds = ", ".join(f"{n} ({', '.join(f'{k}={v!r}' for k, v in c.items())})" for n, c in other.items())
