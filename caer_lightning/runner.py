@@ -23,6 +23,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser
+from torch.nn.parameter import is_lazy
 
 from caer_lightning import __version__
 from caer_lightning.activation import CAReLU
@@ -47,7 +48,7 @@ class RunRecorder(Callback):
         self._loss_count = 0
 
     def on_train_start(self, trainer, pl_module):
-        self.record["params"] = sum(p.numel() for p in pl_module.parameters())
+        self.record["params"] = _parameter_count(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         x, y = batch[0], batch[1]
@@ -83,6 +84,7 @@ class RunRecorder(Callback):
         self._write()
 
     def on_train_end(self, trainer, pl_module):
+        self.record["params"] = _parameter_count(pl_module)  # per-channel α, β created at the first step count now
         cuda = torch.cuda.is_available()
         self.record["peak_memory_bytes"] = (
             torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -93,6 +95,11 @@ class RunRecorder(Callback):
     def _write(self) -> None:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             Path(self.path).write_text(json.dumps(self.record))
+
+
+def _parameter_count(module: torch.nn.Module) -> int:
+    """The number of parameter values, leaving out per-channel α, β not created yet (their count is unknown)."""
+    return sum(p.numel() for p in module.parameters() if not is_lazy(p))
 
 
 SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay", "params")

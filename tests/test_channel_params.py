@@ -567,3 +567,45 @@ def test_a_checkpoint_from_before_params_resumes_without_a_configuration_warning
         callback.load_state_dict(state)
     with pytest.warns(UserWarning, match=r"the checkpoint was made with .*'params': 'channel'"):
         callback.load_state_dict({**state, "config": {**state["config"], "params": "channel"}})
+
+
+def test_ab_recorder_and_report_title_with_per_channel_layers(tmp_path):
+    """`caer ab`'s recorder: the parameters counted once per-channel α, β exist, α, β as their means; the report
+    names params=channel as a setting of the CAReLU arm."""
+    import json
+
+    from caer_lightning import runner
+
+    model = TinyNet()
+    recorder = runner.RunRecorder(str(tmp_path / "metrics.json"))
+    trainer(callbacks=[CAReLUCallback(params="channel"), recorder], max_steps=2).fit(model, loader())
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["params"] == sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in TinyNet().parameters()) + 2 * 2 * 8
+    (epoch,) = record["carelu"]
+    for name, layer in _trained_channels(model).items():
+        assert epoch[name] == pytest.approx([layer.alpha.mean().item(), layer.beta.mean().item()])
+    base = {"trainer": {"callbacks": [{"class_path": runner.CALLBACK, "init_args": {"params": "channel"}}]}}
+    assert runner.carelu_title(base) == "CAReLU, `params=channel`"
+
+
+def test_load_checkpoint_gives_each_layer_its_recorded_layout(tmp_path):
+    """Layers swapped per channel before a per-layer callback keep their layout; the checkpoint records it per
+    layer, and load_checkpoint lays the rebuilt layers out so (the callback's own config would give (1,))."""
+    model = TinyNet()
+    swap_activations(model, factory=lambda old: CAReLU(params="channel", num_channels=8, alpha_init=0.3))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    with pytest.warns(UserWarning, match=r"configured otherwise, which keep their configuration: net\.2 \(.*"
+                                         r"params='channel'\)"):
+        trainer(callbacks=[CAReLUCallback(lr_scale=1.0), checkpoints], max_steps=2,
+                enable_checkpointing=True).fit(model, loader())
+    loaded = load_checkpoint(TinyNet, tmp_path / "last.ckpt")
+    for name, layer in _trained_channels(loaded).items():
+        assert layer.params == "channel" and layer.alpha.shape == (8,)
+        assert torch.equal(layer.alpha, model.get_submodule(name).alpha)
+    with pytest.raises(ValueError, match=r"cannot give a params='layer' CAReLU per-channel alpha, beta of unknown "
+                                         r"size; pass num_channels"):
+        CAReLU().set_layout("channel", None)
+    layer = CAReLU(params="channel", num_channels=3)
+    layer.set_layout("layer", None)
+    assert layer.params == "layer" and layer.alpha.shape == (1,) and layer.num_channels is None
