@@ -609,3 +609,42 @@ def test_load_checkpoint_gives_each_layer_its_recorded_layout(tmp_path):
     layer = CAReLU(params="channel", num_channels=3)
     layer.set_layout("layer", None)
     assert layer.params == "layer" and layer.alpha.shape == (1,) and layer.num_channels is None
+
+
+@pytest.mark.slow
+def test_compiled_per_channel_model_matches_eager_in_outputs_and_gradients():
+    """torch.compile(fullgraph=True) traces the op with a channel dim (its fake implementation gives tanh per
+    (group, channel) and (2, C) gradients)."""
+    def model() -> nn.Sequential:
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), CAReLU(params="channel", num_channels=8, alpha_init=0.5),
+            nn.Conv2d(8, 8, 3, padding=1), CAReLU(variant="l1", reduction="channel", params="channel", num_channels=8),
+            nn.Flatten(2), CAReLU(reduction="token", params="channel", num_channels=64, alpha_init=-1.0),
+            nn.Flatten(), nn.Linear(8 * 64, 4),
+        )
+        with torch.no_grad():
+            for layer in (net[1], net[3], net[5]):
+                layer.alpha.add_(torch.linspace(-0.5, 0.5, layer.num_channels))
+        return net
+
+    eager, compiled = model(), model()
+    run = torch.compile(compiled, fullgraph=True)
+    x = torch.randn(4, 3, 8, 8)
+    for fn in (eager, run):
+        fn(x).square().sum().backward()
+    torch.testing.assert_close(run(x), eager(x))
+    for (name, expected), (_, got) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, msg=name)
+    assert all(compiled[i].alpha.grad.abs().sum() > 0 for i in (1, 3, 5)), "the gradients reach every layer"
+
+
+def test_a_swap_refused_on_a_sharded_model_says_per_channel_layers_need_num_channels(monkeypatch):
+    from caer_lightning import _compat
+    from caer_lightning.callbacks.layer_swap import LayerSwap, SwapRefused
+
+    monkeypatch.setattr(_compat, "sharded_modules", lambda model: [""])  # as if fully_shard had run
+    swap = LayerSwap(("torch.nn.ReLU",), activation_config={"params": "channel"})
+    with pytest.raises(SwapRefused, match=r"factory=lambda old: CAReLU\(params='channel'\)\) on the model before "
+                                          r"fully_shard.* With params='channel', give each CAReLU num_channels=C"):
+        swap.swap(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
