@@ -637,6 +637,14 @@ def test_compiled_per_channel_model_matches_eager_in_outputs_and_gradients():
     for (name, expected), (_, got) in zip(eager.named_parameters(), compiled.named_parameters()):
         torch.testing.assert_close(got.grad, expected.grad, msg=name)
     assert all(compiled[i].alpha.grad.abs().sum() > 0 for i in (1, 3, 5)), "the gradients reach every layer"
+    rows = {}
+    for name, fn, net in (("eager", eager, eager), ("compiled", run, compiled)):  # s per (group, channel) traced
+        for layer in (net[1], net[3], net[5]):
+            layer.track_statistics = True
+        fn(x)
+        rows[name] = torch.stack([net[i].pop_statistics() for i in (1, 3, 5)])
+    torch.testing.assert_close(rows["compiled"], rows["eager"])
+    assert statistics.column(rows["eager"], "groups").tolist() == [4 * 8, 4 * 8, 4 * 8 * 64]
 
 
 def test_a_swap_refused_on_a_sharded_model_says_per_channel_layers_need_num_channels(monkeypatch):
