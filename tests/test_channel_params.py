@@ -656,3 +656,23 @@ def test_a_swap_refused_on_a_sharded_model_says_per_channel_layers_need_num_chan
     with pytest.raises(SwapRefused, match=r"factory=lambda old: CAReLU\(params='channel'\)\) on the model before "
                                           r"fully_shard.* With params='channel', give each CAReLU num_channels=C"):
         swap.swap(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+
+
+@pytest.mark.parametrize("averaging", ["ema", pytest.param("swa", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("first", [True, False], ids=["averaging-first", "averaging-last"])
+def test_weight_averaging_copies_get_the_per_channel_parameters_the_model_created(averaging, first):
+    """The averaged copy never runs a forward before it is averaged into: after the model's first forward its
+    lazy layers get the model's channel counts, then average like any weight."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
+
+    model = TinyNet()
+    if averaging == "ema":
+        averager = EMAWeightAveraging(decay=0.5)
+    else:  # averaged from the end of epoch 1 on: at the start of epochs 1 and 2
+        averager = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2, annealing_epochs=1)
+    callback = CAReLUCallback(params="channel", lr_scale=1.0)
+    trainer(callbacks=[averager, callback] if first else [callback, averager], max_epochs=3).fit(model, loader())
+    copy = averager._average_model
+    copy = getattr(copy, "module", copy)  # EMA's AveragedModel wraps it
+    for layer in _trained_channels(copy).values():
+        assert layer.alpha.shape == (8,) and layer.alpha.std() > 0, "averaged from the trained channels"

@@ -31,7 +31,7 @@ from caer_lightning import _compat, dashboard
 from caer_lightning.callbacks import checkpoint_check, packages
 from caer_lightning.callbacks.call_probe import CallProbe
 from caer_lightning.callbacks.heat_maps import HeatMaps
-from caer_lightning.callbacks.interplay import HookAfter, SwapRecord, averaged_models
+from caer_lightning.callbacks.interplay import HookAfter, SwapRecord, averaged_models, size_like
 from caer_lightning.callbacks.layer_swap import LayerSwap, SwapRefused
 from caer_lightning.callbacks.lr_group import CAReLUGroup
 from caer_lightning.callbacks.monitor import Monitor
@@ -113,6 +113,7 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         self.monitor = Monitor(log_histograms)
         self.heat_maps = HeatMaps()
         self.call_probe = CallProbe()
+        self._copies_waiting = params == "channel"  # averaged copies' per-channel α, β wait for the model's
         # The main process runs no hook before it launches spawn/fork workers: this is the last point to prepare
         # for bringing their weights back. Whether it could is kept on the callback, which the workers receive.
         self.spawn_recovery = _compat.install_spawn_recovery()
@@ -221,8 +222,12 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         self.monitor.begin_step(trainer.global_step)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        """After a forward: end the call probe; give weight-averaging copies the per-channel α, β the model's
+        layers created in it (before those callbacks first average them)."""
         if self.call_probe.running:
             self.call_probe.finish()
+        if self._copies_waiting:
+            self._copies_waiting = size_like(pl_module, averaged_models(trainer))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
