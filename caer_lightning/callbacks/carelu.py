@@ -113,7 +113,7 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         self.monitor = Monitor(log_histograms)
         self.heat_maps = HeatMaps()
         self.call_probe = CallProbe()
-        self._copies_waiting = params == "channel"  # averaged copies' per-channel α, β wait for the model's
+        self._copies_waiting = False  # averaged copies hold lazy per-channel α, β that wait for the model's
         # The main process runs no hook before it launches spawn/fork workers: this is the last point to prepare
         # for bringing their weights back. Whether it could is kept on the callback, which the workers receive.
         self.spawn_recovery = _compat.install_spawn_recovery()
@@ -165,6 +165,7 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
             )
         self.optimizer_group.name = self._resolve_group_name(trainer)
         self.heat_maps.tag = self.group_name
+        self._copies_waiting = True  # until a forward has created what the copies' lazy layers need
         configure_model_pending = packages.is_overridden("configure_model", pl_module)
         self._swap(trainer, pl_module, final=not configure_model_pending)
         if not configure_model_pending:
