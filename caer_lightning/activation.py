@@ -14,7 +14,7 @@ from torch.nn.parameter import is_lazy
 from caer_lightning import _compat, statistics
 from caer_lightning.functional import IMPLS, carelu_parts, competition
 from caer_lightning.ops.common import (
-    PARAMS, channel_dim, channel_view, check_finite_number, check_options, check_params, group_dims,
+    channel_dim, channel_view, check_finite_number, check_options, check_params, group_dims,
 )
 from caer_lightning.statistics import HISTOGRAM_BINS, FIELDS as STATISTICS
 
@@ -40,14 +40,6 @@ def default_beta(K: float) -> float:
 
 
 class CAReLU(nn.Module):
-    params = "layer"  # class default: layers pickled before params existed hold one α, β pair
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> CAReLU:
-        # CAReLU(params="channel") without num_channels: a LazyCAReLU, which becomes a CAReLU at its first forward
-        if cls is CAReLU and kwargs.get("params") == "channel" and kwargs.get("num_channels") is None:
-            cls = LazyCAReLU
-        return super().__new__(cls)
-
     """Competition-based Adaptive ReLU (arXiv 2407.19441): ReLU(s·z), s = K·tanh(α·p + β).
 
     p is the share of the group's pre-activations won by the positives (`variant`), computed per sample,
@@ -65,8 +57,17 @@ class CAReLU(nn.Module):
 
     While training with `track_statistics` on (CAReLUCallback turns it on for logging steps), each forward
     adds, on the device and without a host sync, Σp, Σp², Σs, the number of groups with s < 0, Σ|α·p + β|, the
-    number of groups and a histogram of p to a running total; `pop_statistics()` returns and resets it.
+    number of groups and a histogram of p to a running total (each (group, channel) pair counting as a group with
+    params="channel"); `pop_statistics()` returns and resets it.
     """
+
+    params = "layer"  # class default: layers pickled before params existed hold one α, β pair
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CAReLU:
+        # CAReLU(params="channel") without num_channels: a LazyCAReLU, which becomes a CAReLU at its first forward
+        if cls is CAReLU and kwargs.get("params") == "channel" and kwargs.get("num_channels") is None:
+            cls = LazyCAReLU
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -169,9 +169,9 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         configure_model_pending = packages.is_overridden("configure_model", pl_module)
         self._swap(trainer, pl_module, final=not configure_model_pending)
         if not configure_model_pending:
-            self._create_parameters_before_wrapping(trainer, pl_module)
+            self._create_parameters_before_wrapping(trainer, pl_module, stage)
         if configure_model_pending:
-            after = functools.partial(self._after_configure_model, trainer, pl_module)
+            after = functools.partial(self._after_configure_model, trainer, pl_module, stage)
             HookAfter.add(pl_module, "configure_model", self.state_key, after)
         SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
         check = functools.partial(checkpoint_check.check_fits, pl_module)
@@ -305,10 +305,10 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
-    def _after_configure_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _after_configure_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         HookAfter.discard(pl_module, "configure_model", self.state_key)
         self._swap(trainer, pl_module, final=True)
-        self._create_parameters_before_wrapping(trainer, pl_module)
+        self._create_parameters_before_wrapping(trainer, pl_module, stage)
         SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
 
     def _swap(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
@@ -322,12 +322,12 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         except (SwapRefused, _compat.MissingPrivateAPI) as error:
             raise MisconfigurationException(str(error)) from None
 
-    def _create_parameters_before_wrapping(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Per-channel α, β are created at each layer's first forward; strategies that wrap the model before it
-        (DDP, FSDP, DeepSpeed: every strategy but a single device's) need them now. Run the module once on its
-        `example_input_array`, or stop saying what to do."""
+    def _create_parameters_before_wrapping(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Per-channel α, β are created at each layer's first forward; strategies that wrap the model for training
+        before it (DDP, FSDP, DeepSpeed: every strategy but a single device's) need them now. Run the module once on
+        its `example_input_array`, or stop saying what to do."""
         lazy = [name for name, module in self.layer_swap.layers.items() if module.has_uninitialized_params()]
-        if not lazy or isinstance(trainer.strategy, packages.classes("strategies.SingleDeviceStrategy")):
+        if not lazy or stage != "fit" or isinstance(trainer.strategy, packages.classes("strategies.SingleDeviceStrategy")):
             return
         strategy = type(trainer.strategy).__name__
         ways_out = (
