@@ -46,15 +46,27 @@ def collect(modules: Sequence[CAReLU]) -> Tensor:
 def parameters(modules: Sequence[CAReLU]) -> Tensor:
     """One (layers, len(PARAMETER_COLUMNS)) float32 device tensor of the modules' α, β (see PARAMETER_COLUMNS),
     detached. FSDP2-sharded parameters are gathered first: a collective, so every rank must call this at the same
-    point."""
-    rows = []
-    for module in modules:
-        if module.has_uninitialized_params():  # a lazy per-channel layer that has not run yet
-            rows.append(torch.tensor([math.nan] * 4 + [1.0], dtype=torch.float32, device=module.alpha.device))
+    point. Layers with one α, β pair are read together, as one stack (their spread is 0)."""
+    if not modules:
+        return torch.empty(0, len(PARAMETER_COLUMNS))
+    values = [None if m.has_uninitialized_params() else
+              tuple(_compat.full_value(p.detach()) for p in (m.alpha, m.beta)) for m in modules]
+    single = [i for i, v in enumerate(values) if v is not None and v[0].numel() == 1]
+    rows: list[Tensor | None] = [None] * len(modules)
+    if single:
+        pairs = torch.stack([p.reshape(()) for i in single for p in values[i]]).float().view(-1, 2)
+        finite = torch.isfinite(pairs).all(1, keepdim=True).float()
+        for i, row in zip(single, torch.cat((pairs, torch.zeros_like(pairs), finite), dim=1)):
+            rows[i] = row
+    for i, module in enumerate(modules):
+        if rows[i] is not None:
             continue
-        values = torch.stack([_compat.full_value(p.detach()).float() for p in (module.alpha, module.beta)])
-        finite = torch.isfinite(values).all().float().reshape(1)
-        rows.append(torch.cat((values.mean(1), values.std(1, correction=0), finite)))
+        if values[i] is None:  # a lazy per-channel layer that has not run yet
+            rows[i] = torch.tensor([math.nan] * 4 + [1.0], dtype=torch.float32, device=module.alpha.device)
+        else:
+            both = torch.stack(values[i]).float()
+            finite = torch.isfinite(both).all().float().reshape(1)
+            rows[i] = torch.cat((both.mean(1), both.std(1, correction=0), finite))
     return torch.stack(rows)
 
 
