@@ -3,6 +3,7 @@ and a train-end summary table."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,15 @@ if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
     from matplotlib.figure import Figure
 
 QUANTITIES = ("energy_ratio", "scale", "neg_win", "saturation", "alpha", "beta")
+# Logged for layers with per-channel α, β (params="channel") only: their spread over the channels (the `alpha`
+# and `beta` keys then hold their mean over the channels).
+SPREAD_QUANTITIES = ("alpha_std", "beta_std")
 # Each logged per-group mean and the statistics field it is the mean of.
 MEANS = {"energy_ratio": "sum_p", "scale": "sum_s", "neg_win": "neg_win", "saturation": "sum_saturation"}
+# The columns of `parameters`: α, β's mean and (population) standard deviation over their values (one value
+# per layer, or one per channel), and 1.0 when every value of both is finite. NaN for α, β not created yet.
+PARAMETER_COLUMNS = ("alpha", "beta", "alpha_std", "beta_std", "finite")
+UNCREATED = "uncreated"  # the layout of a per-channel layer whose α, β are created at its first forward
 
 
 def key(name: str, quantity: str) -> str:
@@ -36,28 +44,68 @@ def collect(modules: Sequence[CAReLU]) -> Tensor:
 
 
 def parameters(modules: Sequence[CAReLU]) -> Tensor:
-    """One (layers, 2) device tensor of the modules' (α, β) (each parameter's mean: its one value), detached.
-    FSDP2-sharded parameters are gathered first: a collective, so every rank must call this at the same point."""
-    values = [_compat.full_value(p.detach()).mean() for m in modules for p in (m.alpha, m.beta)]
-    return torch.stack(values).view(len(modules), 2)
+    """One (layers, len(PARAMETER_COLUMNS)) float32 device tensor of the modules' α, β (see PARAMETER_COLUMNS),
+    detached. FSDP2-sharded parameters are gathered first: a collective, so every rank must call this at the same
+    point. Layers with one α, β pair are read together, as one stack (their spread is 0)."""
+    if not modules:
+        return torch.empty(0, len(PARAMETER_COLUMNS))
+    values = [None if m.has_uninitialized_params() else
+              tuple(_compat.full_value(p.detach()) for p in (m.alpha, m.beta)) for m in modules]
+    single = [i for i, v in enumerate(values) if v is not None and v[0].numel() == 1]
+    rows: list[Tensor | None] = [None] * len(modules)
+    if single:
+        pairs = torch.stack([p.reshape(()) for i in single for p in values[i]]).float().view(-1, 2)
+        finite = torch.isfinite(pairs).all(1, keepdim=True).float()
+        for i, row in zip(single, torch.cat((pairs, torch.zeros_like(pairs), finite), dim=1)):
+            rows[i] = row
+    for i, module in enumerate(modules):
+        if rows[i] is not None:
+            continue
+        if values[i] is None:  # a lazy per-channel layer that has not run yet
+            rows[i] = torch.tensor([math.nan] * 4 + [1.0], dtype=torch.float32, device=module.alpha.device)
+        else:
+            both = torch.stack(values[i]).float()
+            finite = torch.isfinite(both).all().float().reshape(1)
+            rows[i] = torch.cat((both.mean(1), both.std(1, correction=0), finite))
+    return torch.stack(rows)
 
 
-def scalars(names: Sequence[str], table: Tensor, parameters: Tensor) -> dict[str, float]:
-    """Per-layer means from summed statistics (CPU tensors); layers that did not run are left out."""
+def layouts(modules: Sequence[CAReLU]) -> list[str]:
+    """Each module's `params` ("layer" or "channel"), or UNCREATED for per-channel α, β not created yet."""
+    return [UNCREATED if m.has_uninitialized_params() else m.params for m in modules]
+
+
+def scalars(
+    names: Sequence[str], table: Tensor, parameters: Tensor, layouts: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Per-layer means from summed statistics (CPU tensors); layers that did not run are left out, and so are
+    the α, β of per-channel layers not created yet. `layouts` (see `layouts`) defaults to "layer" for all;
+    per-channel layers also get the spread of α, β (SPREAD_QUANTITIES)."""
     metrics = {}
     groups = statistics.column(table, "groups").tolist()
     means = {quantity: statistics.mean(table, field).tolist() for quantity, field in MEANS.items()}
-    for index, (name, (alpha, beta)) in enumerate(zip(names, parameters.tolist())):
+    for index, (name, row) in enumerate(zip(names, parameters.tolist())):
         if groups[index] > 0:
             for quantity in MEANS:
                 metrics[key(name, quantity)] = means[quantity][index]
-        metrics[key(name, "alpha")], metrics[key(name, "beta")] = alpha, beta
+        layout = layouts[index] if layouts is not None else "layer"
+        if layout == UNCREATED:
+            continue
+        values = dict(zip(PARAMETER_COLUMNS, row))
+        quantities = ("alpha", "beta", *SPREAD_QUANTITIES) if layout == "channel" else ("alpha", "beta")
+        for quantity in quantities:
+            metrics[key(name, quantity)] = values[quantity]
     return metrics
 
 
-def custom_scalars_layout(names: Sequence[str], title: str = "CAReLU") -> dict:
-    """TensorBoard custom-scalars layout: a section `title`, one chart per quantity, one line per layer."""
-    return {title: {quantity: ["Multiline", [key(n, quantity) for n in names]] for quantity in QUANTITIES}}
+def custom_scalars_layout(names: Sequence[str], title: str = "CAReLU", per_channel: Sequence[str] = ()) -> dict:
+    """TensorBoard custom-scalars layout: a section `title`, one chart per quantity, one line per layer; and,
+    when some layers (`per_channel`) have per-channel α, β, one chart per SPREAD_QUANTITIES for them."""
+    charts = {quantity: ["Multiline", [key(n, quantity) for n in names]] for quantity in QUANTITIES}
+    if per_channel:
+        charts.update({quantity: ["Multiline", [key(n, quantity) for n in per_channel]]
+                       for quantity in SPREAD_QUANTITIES})
+    return {title: charts}
 
 
 def write_histograms(writer, names: Sequence[str], table: Tensor, step: int) -> None:

@@ -3,10 +3,11 @@ longer finite (an error, raised before a checkpoint holding them can be written)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from torch import Tensor
+
+from caer_lightning.dashboard import PARAMETER_COLUMNS
 
 # Mean |α·p + β| above this: tanh' = 1 − tanh² < 1% (at 3.0 it is 0.0099), so the scale is stuck near ±K and
 # α, β barely receive gradient any more.
@@ -36,14 +37,16 @@ def saturation_message(layers: dict[str, float], scales: dict[str, float], step:
 
 
 def check_finite(names: Sequence[str], parameters: Tensor, step: int, when: str) -> None:
-    """Raise NonFiniteCAReLUError naming the layers whose (α, β) row of `parameters` (CPU) is not finite."""
-    bad = {name: (alpha, beta) for name, (alpha, beta) in zip(names, parameters.tolist())
-           if not (math.isfinite(alpha) and math.isfinite(beta))}
+    """Raise NonFiniteCAReLUError naming the layers whose α or β holds a non-finite value (any channel of
+    per-channel ones): `parameters` is `dashboard.parameters`'s table, on the CPU."""
+    columns = {name: index for index, name in enumerate(PARAMETER_COLUMNS)}
+    bad = {name: (row[columns["alpha"]], row[columns["beta"]]) for name, row in zip(names, parameters.tolist())
+           if not row[columns["finite"]]}
     if not bad:
         return
     described = ", ".join(f"{name} (alpha={a:.4g}, beta={b:.4g})" for name, (a, b) in bad.items())
     raise NonFiniteCAReLUError(
         f"CAReLUCallback: alpha/beta became non-finite by training step {step} ({when}) in {described}. The run "
         "was stopped before a checkpoint with these values could be written; checkpoints saved earlier are "
-        f"intact. To resume from one of them, {REMEDY}."
+        f"intact. To resume from one of them, {REMEDY}. (Per-channel layers show their means over the channels.)"
     )

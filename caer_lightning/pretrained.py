@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from caer_lightning.activation import CAReLU
 from caer_lightning.hf_record import RECORD
@@ -34,9 +35,13 @@ def from_pretrained(model_cls: Any, path: str | Path, **kwargs: Any) -> nn.Modul
             f"model without CAReLU. Use {model_cls.__name__}.from_pretrained instead."
         )
     layers: dict[str, dict[str, Any]] = record["layers"]
-    for cls in sorted({layer["replaces"] for layer in layers.values()}):
-        names = [name for name, layer in layers.items() if layer["replaces"] == cls]
-        swap_activations(model, cls, include=[f"^{re.escape(name)}$" for name in names])
+    # each layer with its alpha, beta layout (per-channel ones recorded before their first forward have no
+    # num_channels yet: they are created lazily, then sized by the saved weights below)
+    kinds = sorted({(layer["replaces"], layer.get("params", "layer")) for layer in layers.values()})
+    for cls, params in kinds:
+        names = [name for name, layer in layers.items() if (layer["replaces"], layer.get("params", "layer")) == (cls, params)]
+        swap_activations(model, cls, include=[f"^{re.escape(name)}$" for name in names],
+                         factory=lambda old, params=params: CAReLU(params=params))
     configure_layers(model, layers)
     missing = [name for name in layers if not isinstance(model.get_submodule(name), CAReLU)]
     if missing:
@@ -48,7 +53,10 @@ def from_pretrained(model_cls: Any, path: str | Path, **kwargs: Any) -> nn.Modul
         raise ValueError(f"{path}: the saved weights hold no {absent}; they were not saved from the swapped model")
     with torch.no_grad():
         for key, value in saved.items():
-            model.get_parameter(key).copy_(value)
+            parameter = model.get_parameter(key)
+            if is_lazy(parameter):  # per-channel alpha, beta recorded before the layer's first forward
+                parameter.materialize(value.shape)
+            parameter.copy_(value)
     return model
 
 

@@ -2,7 +2,8 @@
 
 A CAReLUCallback state is a dict: `kind` (STATE_KIND), `config` (targets, include, exclude and the CAReLU
 arguments the callback was given), `swapped` (the layers it trains, in model order) and `layers` (what each of
-those layers holds: variant, reduction, K, eps; a layer that was a CAReLU before the callback came keeps its own).
+those layers holds: variant, reduction, K, eps, params and num_channels; a layer that was a CAReLU before the
+callback came keeps its own).
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def rebuild_swaps(model: nn.Module, swaps: list[dict[str, Any]]) -> list[str]:
 
 
 def configure_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> None:
-    """Give each named CAReLU layer of `model` its recorded configuration (`LAYER_FIELDS`)."""
+    """Give each named CAReLU layer of `model` its recorded configuration (`LAYER_FIELDS`) and the layout of its
+    alpha, beta (`LAYOUT_FIELDS`; records written before per-channel parameters existed hold one pair per layer)."""
     for name, fields in layers.items():
         module = model.get_submodule(name)
         for field in LAYER_FIELDS:
             setattr(module, field, fields[field])
+        module.set_layout(fields.get("params", "layer"), fields.get("num_channels"))
     record_swaps(model)  # Hugging Face configs record what the layers now hold
 
 

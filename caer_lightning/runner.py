@@ -23,6 +23,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser
+from torch.nn.parameter import is_lazy
 
 from caer_lightning import __version__
 from caer_lightning.activation import CAReLU
@@ -47,7 +48,7 @@ class RunRecorder(Callback):
         self._loss_count = 0
 
     def on_train_start(self, trainer, pl_module):
-        self.record["params"] = sum(p.numel() for p in pl_module.parameters())
+        self.record["params"] = _parameter_count(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         x, y = batch[0], batch[1]
@@ -68,8 +69,10 @@ class RunRecorder(Callback):
         if self._loss_count:
             self.record["train_loss"].append(float(self._loss_sum) / self._loss_count)
         self._loss_sum, self._loss_count = None, 0
-        self.record["carelu"].append({name: [m.alpha.item(), m.beta.item()]
-                                      for name, m in pl_module.named_modules() if isinstance(m, CAReLU)})
+        # α, β per layer (their means over the channels for per-channel layers; left out before they exist)
+        self.record["carelu"].append({name: [m.alpha.mean().item(), m.beta.mean().item()]
+                                      for name, m in pl_module.named_modules()
+                                      if isinstance(m, CAReLU) and not m.has_uninitialized_params()})
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking and "val_acc" in trainer.callback_metrics:
@@ -81,6 +84,7 @@ class RunRecorder(Callback):
         self._write()
 
     def on_train_end(self, trainer, pl_module):
+        self.record["params"] = _parameter_count(pl_module)  # per-channel α, β created at the first step count now
         cuda = torch.cuda.is_available()
         self.record["peak_memory_bytes"] = (
             torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -93,7 +97,12 @@ class RunRecorder(Callback):
             Path(self.path).write_text(json.dumps(self.record))
 
 
-SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay")
+def _parameter_count(module: torch.nn.Module) -> int:
+    """The number of parameter values, leaving out per-channel α, β not created yet (their count is unknown)."""
+    return sum(p.numel() for p in module.parameters() if not is_lazy(p))
+
+
+SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay", "params")
 """The callback's arguments that change what trains (the others pick the layers or the logging)."""
 
 

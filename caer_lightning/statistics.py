@@ -39,9 +39,15 @@ def mean(table: Tensor, field: str) -> Tensor:
 
 @torch.no_grad()
 def accumulate(row: Tensor, p: Tensor, s: Tensor, alpha: Tensor, beta: Tensor) -> None:
-    """Add one forward's groups (p and s per group) to `row`, on the device, without a host sync."""
+    """Add one forward's groups (p and s per group) to `row`, on the device, without a host sync.
+
+    Per-channel α, β (shaped to broadcast against p, as s is per (group, channel)): each (group, channel) pair
+    counts as one group, with its group's p, its s and its |α_c·p + β_c|; every group holds all C channels, so
+    the mean of p is still its mean over the groups."""
+    if s.shape != p.shape:  # per (group, channel)
+        p = p.expand_as(s)
+    saturation = torch.addcmul(beta.to(p.dtype), alpha.to(p.dtype), p).abs_().reshape(-1)  # |α·p + β|
     p, s = p.reshape(-1), s.reshape(-1)
-    saturation = torch.addcmul(beta.to(p.dtype), alpha.to(p.dtype), p).abs_()  # |α·p + β|
     sums = {"sum_p": p.sum(), "sum_p2": p.square().sum(), "sum_s": s.sum(), "neg_win": (s < 0).sum(dtype=s.dtype),
             "sum_saturation": saturation.sum()}
     row[_SUMS_AT] += torch.stack([sums[f] for f in _SUMS])

@@ -241,14 +241,16 @@ def test_refit_with_another_configuration_records_what_the_layers_hold(tmp_path)
     trainer(callbacks=[CAReLUCallback()], max_steps=2).fit(model, loader())
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="last")
     with pytest.warns(UserWarning, match=(
-        r"CAReLUCallback\(variant='l1', reduction='sample', K=3\.0, eps=1e-06\): the model already holds CAReLU layers "
-        r"configured otherwise.*net\.2 \(variant='energy', reduction='sample', K=2\.0, eps=1e-06\)"
+        r"CAReLUCallback\(variant='l1', reduction='sample', K=3\.0, eps=1e-06, params='layer'\): the model already "
+        r"holds CAReLU layers configured otherwise.*net\.2 \(variant='energy', reduction='sample', K=2\.0, eps=1e-06, "
+        r"params='layer'\)"
     )):
         trainer(callbacks=[CAReLUCallback(variant="l1", K=3.0), checkpoints], max_steps=2,
                 enable_checkpointing=True).fit(model, loader())
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     (state,) = [s for k, s in checkpoint["callbacks"].items() if k.startswith("CAReLUCallback")]
-    assert state["layers"]["net.5"] == {"variant": "energy", "reduction": "sample", "K": 2.0, "eps": 1e-6}
+    assert state["layers"]["net.5"] == {"variant": "energy", "reduction": "sample", "K": 2.0, "eps": 1e-6,
+                                        "params": "layer", "num_channels": None}
     loaded = load_checkpoint(TinyNet, tmp_path / "last.ckpt").eval()
     assert (loaded.net[2].variant, loaded.net[2].K) == ("energy", 2.0)
     x = loader(seed=3).dataset.tensors[0]

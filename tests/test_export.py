@@ -21,11 +21,13 @@ pytest.importorskip("onnxscript")
 
 
 def trained_like(model: nn.Module) -> nn.Module:
-    """Give every CAReLU α, β away from their init (so the export must carry them) and switch to eval."""
+    """Give every CAReLU α, β away from their init (so the export must carry them; per-channel ones differ by
+    channel) and switch to eval."""
     for index, module in enumerate(m for m in model.modules() if isinstance(m, CAReLU)):
+        channel = torch.arange(module.alpha.numel())
         with torch.no_grad():
-            module.alpha.fill_(0.8 - 0.1 * index)
-            module.beta.fill_(0.1 + 0.05 * index)
+            module.alpha.copy_(0.8 - 0.1 * index - 0.3 * channel)
+            module.beta.copy_(0.1 + 0.05 * index + 0.1 * channel)
     return model.eval()
 
 
@@ -64,12 +66,16 @@ def test_onnx_token_reduction_vit_matches_pytorch(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("params", ["layer", "channel"])
 @pytest.mark.parametrize("variant,reduction", list(itertools.product(VARIANTS, REDUCTIONS)))
-def test_onnx_every_variant_and_reduction(variant, reduction, tmp_path):
+def test_onnx_every_variant_and_reduction(variant, reduction, params, tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), CAReLU(variant=variant, reduction=reduction),
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), CAReLU(variant=variant, reduction=reduction, params=params),
                           nn.Conv2d(6, 4, 3))
+    model(torch.randn(1, 3, 8, 8))  # creates per-channel α, β: 6 (sample, channel) or 8 (token: the last dim)
     trained_like(model)
+    if params == "channel":
+        assert len(set(model[1].alpha.tolist())) == model[1].num_channels > 1
     for size, (onnx, torch_out) in onnx_outputs(model, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx").items():
         assert onnx.shape == torch_out.shape and onnx.shape[0] == size
         torch.testing.assert_close(onnx, torch_out, rtol=1e-4, atol=1e-5)

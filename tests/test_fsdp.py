@@ -30,9 +30,11 @@ STEPS = 3
 LAYERS = ["0.1", "1.1"]
 
 
-def swapped(seed: int = 0) -> nn.Sequential:
+def swapped(seed: int = 0, params: str = "layer") -> nn.Sequential:
+    """block_cnn with CAReLU layers: one α, β each, or one per channel (8: created at once, as FSDP2 needs)."""
     model = block_cnn(seed)
-    assert swap_activations(model) == LAYERS
+    factory = None if params == "layer" else lambda old: CAReLU(params="channel", num_channels=8)
+    assert swap_activations(model, factory=factory) == LAYERS
     return model
 
 
@@ -112,8 +114,8 @@ def _reduce_sum(table: torch.Tensor) -> torch.Tensor:
     return table
 
 
-def train_sharded(rank: int, kind: str) -> dict:
-    model = shard(swapped())
+def train_sharded(rank: int, kind: str, params: str = "layer") -> dict:
+    model = shard(swapped(params=params))
     alpha = model[0][1].alpha
     sharding = {"dtensor": _compat.is_sharded(alpha), "local_shape": tuple(alpha.to_local().shape),
                 "sharded_modules": _compat.sharded_modules(model)}
@@ -166,7 +168,7 @@ def dcp_round_trip(rank: int, directory: str) -> dict:
 def sharded_runs(rank: int, directory: str) -> dict:
     """Everything the tests below check, in one start of the processes (each start costs seconds)."""
     return {"sgd": train_sharded(rank, "sgd"), "adam": train_sharded(rank, "adam"),
-            "dcp": dcp_round_trip(rank, directory)}
+            "channel": train_sharded(rank, "adam", "channel"), "dcp": dcp_round_trip(rank, directory)}
 
 
 # --- the tests ------------------------------------------------------------------------------------------------
@@ -209,10 +211,32 @@ def test_sharded_training_matches_one_process(kind, sharded):
         for key, value in single.items():
             assert sharded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     final = torch.stack([torch.cat((expected[f"{n}.alpha"], expected[f"{n}.beta"])) for n in LAYERS])
-    for rank in ranks:
-        torch.testing.assert_close(rank["dashboard"], final, rtol=1e-5, atol=1e-6)
+    for rank in ranks:  # dashboard.parameters: mean, then spread (0 for one value) and finite flag
+        torch.testing.assert_close(rank["dashboard"][:, :2], final, rtol=1e-5, atol=1e-6)
+        assert rank["dashboard"][:, 2:].tolist() == [[0.0, 0.0, 1.0]] * len(LAYERS)
         assert rank["repr"] == "CAReLU(variant='energy', reduction='sample', K=2, eps=1e-06, sharded)"  # no value read
     assert f"| {final[0, 0].item():.4g} | {final[0, 1].item():.4g} |" in ranks[0]["summary"]
+
+
+@SPAWN_TEARDOWN_RERUN
+def test_sharded_training_with_per_channel_parameters_matches_one_process(sharded):
+    """(8,) α, β split 4 + 4 over the ranks: the same parameters, logged means and spreads as one process."""
+    ranks = [rank["channel"] for rank in sharded]
+    model = swapped(params="channel")
+    one = train(model, "adam")
+    expected = full_parameters(model)
+    assert [r["local_shape"] for r in ranks] == [(4,), (4,)]
+    for rank in ranks:
+        for name, value in expected.items():
+            torch.testing.assert_close(rank["parameters"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert expected["0.1.alpha"].shape == (8,) and expected["0.1.alpha"].std() > 0, "the channels trained apart"
+    assert "carelu/0.1/alpha_std" in one["logged"][-1]
+    for sharded_step, single in zip(ranks[0]["logged"], one["logged"]):
+        assert sharded_step.keys() == single.keys()
+        for key, value in single.items():
+            assert sharded_step[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert ranks[0]["repr"] == ("CAReLU(variant='energy', reduction='sample', K=2, eps=1e-06, params='channel', "
+                                "num_channels=8, sharded)")
 
 
 @SPAWN_TEARDOWN_RERUN

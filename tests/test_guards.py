@@ -190,5 +190,9 @@ def test_messages_list_several_layers_separated_by_commas():
     message = saturation_message({"a": 3.25, "b": 4.0}, {"a": 1.99, "b": -1.5}, step=7)
     assert "by training step 7: a (mean |α·p+β| = 3.25, scale +1.99), b (mean |α·p+β| = 4.00, scale -1.50). " in message
     with pytest.raises(NonFiniteCAReLUError) as raised:
-        check_finite(["a", "b", "c"], torch.tensor([[math.nan, 0.5], [0.1, 0.2], [1.0, math.inf]]), 3, "after backward")
-    assert "by training step 3 (after backward) in a (alpha=nan, beta=0.5), c (alpha=1, beta=inf). " in str(raised.value)
+        # dashboard.parameters' columns: alpha, beta (means), alpha_std, beta_std, finite (every channel)
+        table = torch.tensor([[math.nan, 0.5, math.nan, 0.0, 0.0], [0.1, 0.2, 0.0, 0.0, 1.0],
+                              [1.0, math.inf, 0.0, math.nan, 0.0], [0.3, 0.4, 0.1, 0.1, 0.0]])
+        check_finite(["a", "b", "c", "d"], table, 3, "after backward")
+    assert ("by training step 3 (after backward) in a (alpha=nan, beta=0.5), c (alpha=1, beta=inf), d (alpha=0.3, "
+            "beta=0.4). ") in str(raised.value)

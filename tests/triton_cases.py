@@ -212,3 +212,16 @@ def test_launches_and_ops_per_call(monkeypatch):
             backward_triton(torch.randn(shape), z, p, tanh, normaliser, alpha, 2.0, "energy", dims)
         assert len(launches) + len(counter.ops) <= 4, (launches, counter.ops)
         counter.ops.clear()
+
+
+def test_per_channel_parameters_are_not_taken_by_the_kernels():
+    """Where the kernels take a layer's (1,) α, β, per-channel (C,) ones are refused with the reason, and "auto" on
+    such inputs is the eager implementation (it runs eagerly for CUDA tensors too)."""
+    from caer_lightning.functional import carelu, resolve_impl
+    from caer_lightning.ops.triton import PER_CHANNEL_REASON
+
+    z = _input("sample", torch.float32, "contiguous")
+    assert resolve_impl("triton", z, (1, 2, 3)) == "triton"
+    with pytest.raises(ValueError, match="impl='triton' cannot take this input: " + PER_CHANNEL_REASON.replace("(", r"\(").replace(")", r"\)")):
+        carelu(z, torch.zeros(4), torch.zeros(4), params="channel", impl="triton")
+    assert resolve_impl("auto", z, (1, 2, 3), per_channel=True) == "eager"

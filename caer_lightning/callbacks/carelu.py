@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
@@ -29,7 +31,7 @@ from caer_lightning import _compat, dashboard
 from caer_lightning.callbacks import checkpoint_check, packages
 from caer_lightning.callbacks.call_probe import CallProbe
 from caer_lightning.callbacks.heat_maps import HeatMaps
-from caer_lightning.callbacks.interplay import HookAfter, SwapRecord, averaged_models
+from caer_lightning.callbacks.interplay import HookAfter, SwapRecord, averaged_models, size_like
 from caer_lightning.callbacks.layer_swap import LayerSwap, SwapRefused
 from caer_lightning.callbacks.lr_group import CAReLUGroup
 from caer_lightning.callbacks.monitor import Monitor
@@ -52,6 +54,11 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         exclude: regex(es); matching modules are left alone.
         variant, reduction, K, alpha_init, beta_init, eps: the CAReLU configuration (see ``CAReLU``).
         impl: the CAReLU implementation: "auto", "eager", "triton" or "reference" (see ``carelu``); speed only.
+        params: "layer" (one α, β pair per layer, the paper) or "channel" (one pair per channel: shape (C,), C
+            the size of dim 1 for the sample and channel reductions, of the last dim for token). Per-channel
+            α, β are created at each layer's first forward (``CAReLU(params="channel")``); a strategy that wraps
+            the model before it (DDP, FSDP) needs them earlier: the callback then runs the module once on its
+            ``example_input_array`` (in eval mode, without gradients) at setup, or stops saying what to do.
         lr: base learning rate of the ``carelu`` group; default ``lr_scale`` × the lr of the group the
             parameters came from (group 0 if none held them).
         lr_scale: multiplier used when ``lr`` is None. Default: 1.0 under Adam-like optimizers, 0.1 under
@@ -85,9 +92,11 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         log_histograms: bool = True,
         name: str | None = None,
         impl: str = "auto",
+        params: str = "layer",
     ) -> None:
         activation_config = dict(
-            variant=variant, reduction=reduction, K=K, alpha_init=alpha_init, beta_init=beta_init, eps=eps
+            variant=variant, reduction=reduction, K=K, alpha_init=alpha_init, beta_init=beta_init, eps=eps,
+            params=params,
         )
         self.layer_swap = LayerSwap(targets, include, exclude, activation_config, impl)
         self.optimizer_group = CAReLUGroup(lr, lr_scale, weight_decay)
@@ -104,6 +113,7 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         self.monitor = Monitor(log_histograms)
         self.heat_maps = HeatMaps()
         self.call_probe = CallProbe()
+        self._copies_waiting = False  # averaged copies hold lazy per-channel α, β that wait for the model's
         # The main process runs no hook before it launches spawn/fork workers: this is the last point to prepare
         # for bringing their weights back. Whether it could is kept on the callback, which the workers receive.
         self.spawn_recovery = _compat.install_spawn_recovery()
@@ -155,10 +165,13 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
             )
         self.optimizer_group.name = self._resolve_group_name(trainer)
         self.heat_maps.tag = self.group_name
+        self._copies_waiting = True  # until a forward has created what the copies' lazy layers need
         configure_model_pending = packages.is_overridden("configure_model", pl_module)
         self._swap(trainer, pl_module, final=not configure_model_pending)
+        if not configure_model_pending:
+            self._create_parameters_before_wrapping(trainer, pl_module, stage)
         if configure_model_pending:
-            after = functools.partial(self._after_configure_model, trainer, pl_module)
+            after = functools.partial(self._after_configure_model, trainer, pl_module, stage)
             HookAfter.add(pl_module, "configure_model", self.state_key, after)
         SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
         check = functools.partial(checkpoint_check.check_fits, pl_module)
@@ -193,7 +206,8 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         if self.monitor.every and trainer.is_global_zero and callbacks[0] is self:
             layout = {}
             for callback in callbacks:
-                layout.update(dashboard.custom_scalars_layout(callback.swapped, callback.dashboard_title))
+                per_channel = [n for n, m in callback.layer_swap.layers.items() if m.params == "channel"]
+                layout.update(dashboard.custom_scalars_layout(callback.swapped, callback.dashboard_title, per_channel))
             for writer in _tensorboard_writers(trainer):
                 writer.add_custom_scalars(layout)
 
@@ -209,8 +223,12 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         self.monitor.begin_step(trainer.global_step)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        """After a forward: end the call probe; give weight-averaging copies the per-channel α, β the model's
+        layers created in it (before those callbacks first average them)."""
         if self.call_probe.running:
             self.call_probe.finish()
+        if self._copies_waiting:
+            self._copies_waiting = size_like(pl_module, averaged_models(trainer))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -272,9 +290,12 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
                 f"uses {now}, which applies from the first resumed step (the optimizer state, momentum included, "
                 "is kept)"
             )
-        if state_dict.get("config") != self.config:
+        recorded_config = state_dict.get("config")
+        if isinstance(recorded_config, dict):  # checkpoints from before params existed: one pair per layer
+            recorded_config = {"params": "layer", **recorded_config}
+        if recorded_config != self.config:
             rank_zero_warn(
-                f"CAReLUCallback: the checkpoint was made with {state_dict.get('config')}, this run uses "
+                f"CAReLUCallback: the checkpoint was made with {recorded_config}, this run uses "
                 f"{self.config}; continuing with this run's configuration"
             )
         if self.swapped and state_dict.get("swapped") not in (None, self.swapped):
@@ -284,9 +305,10 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
-    def _after_configure_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _after_configure_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         HookAfter.discard(pl_module, "configure_model", self.state_key)
         self._swap(trainer, pl_module, final=True)
+        self._create_parameters_before_wrapping(trainer, pl_module, stage)
         SwapRecord.of(pl_module).swaps[self.state_key] = self.state_dict()
 
     def _swap(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
@@ -300,6 +322,39 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
         except (SwapRefused, _compat.MissingPrivateAPI) as error:
             raise MisconfigurationException(str(error)) from None
 
+    def _create_parameters_before_wrapping(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Per-channel α, β are created at each layer's first forward; strategies that wrap the model for training
+        before it (DDP, FSDP, DeepSpeed: every strategy but a single device's) need them now. Run the module once on
+        its `example_input_array`, or stop saying what to do."""
+        lazy = [name for name, module in self.layer_swap.layers.items() if module.has_uninitialized_params()]
+        if not lazy or stage != "fit" or isinstance(trainer.strategy, packages.classes("strategies.SingleDeviceStrategy")):
+            return
+        strategy = type(trainer.strategy).__name__
+        ways_out = (
+            "set `example_input_array` on your LightningModule (the callback runs the module on it once, in eval "
+            "mode without gradients, at setup), or swap in your module with "
+            "CAReLU(params='channel', num_channels=C) per layer (README: Per-channel alpha, beta)"
+        )
+        example = pl_module.example_input_array
+        if example is None:
+            raise MisconfigurationException(
+                f"CAReLUCallback(params='channel'): {strategy} wraps the model before its first forward, and the "
+                f"per-channel alpha, beta of {lazy} are created at that forward (one per channel of the layer's "
+                f"input). To create them before: {ways_out}."
+            )
+        _run_example(pl_module, example)
+        missed = [name for name in lazy if self.layer_swap.layers[name].has_uninitialized_params()]
+        if missed:
+            raise MisconfigurationException(
+                f"CAReLUCallback(params='channel'): the forward on example_input_array did not run {missed}, so "
+                f"their per-channel alpha, beta do not exist yet, and {strategy} needs them before training. To "
+                f"create them: {ways_out}."
+            )
+        rank_zero_info(
+            f"CAReLUCallback: created the per-channel alpha, beta of {len(lazy)} layers with one forward on "
+            f"example_input_array ({strategy} wraps the model before its first training step)"
+        )
+
     def _resolve_group_name(self, trainer: pl.Trainer) -> str:
         """`name`, or carelu, carelu_1, ... by this callback's place among the Trainer's CAReLUCallbacks."""
         callbacks = _carelu_callbacks(trainer)
@@ -312,6 +367,25 @@ class CAReLUCallback(*packages.classes("Callback")):  # type: ignore[misc]  # a 
                 f"{name!r}; accepted values: a name no other CAReLUCallback uses, or None"
             )
         return name
+
+
+def _run_example(pl_module: pl.LightningModule, example: Any) -> None:
+    """One forward on `example` (a tensor, or a tuple or dict of arguments, as Lightning's ModelSummary takes
+    example_input_array) on the module's device, in eval mode, without gradients."""
+    example = move_data_to_device(example, pl_module.device)
+    modes = [(module, module.training) for module in pl_module.modules()]  # frozen parts may be in eval mode
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example, (list, tuple)):
+                pl_module(*example)
+            elif isinstance(example, dict):
+                pl_module(**example)
+            else:
+                pl_module(example)
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _carelu_callbacks(trainer: pl.Trainer) -> list[CAReLUCallback]:

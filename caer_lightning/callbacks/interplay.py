@@ -1,7 +1,8 @@
 """How CAReLUCallback meets the rest of Lightning where no callback hook is in the right place.
 
 - `averaged_models`: copies of the model that weight-averaging callbacks took in their own `setup` (the swap
-  must reach them too, whatever the callback order).
+  must reach them too, whatever the callback order); `size_like`: their per-channel α, β, created lazily, get
+  the shapes the model's got at its first forward (a copy never runs one before it is averaged into).
 - `HookAfter`: runs a function after one of the LightningModule's own hooks (`configure_model`, which comes
   after every callback's `setup`; `on_save_checkpoint`, the only hook a weights-only checkpoint calls).
 - `context_parameters`, `in_frozen_part`: the parameters an activation works for, to tell frozen parts and
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,6 +31,23 @@ def averaged_models(trainer: pl.Trainer) -> Iterator[nn.Module]:
             copy = _compat.averaged_model(callback)
             if copy is not None:
                 yield copy
+
+
+def size_like(model: nn.Module, copies: Iterable[nn.Module]) -> bool:
+    """Give each CAReLU of `copies` whose per-channel α, β are not created yet the number of channels of the
+    layer of that name in `model`, once that one has them. Returns whether some copy's layer still waits."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, CAReLU)}
+    waiting = False
+    for copy in copies:
+        for name, layer in copy.named_modules():
+            if not (isinstance(layer, CAReLU) and layer.has_uninitialized_params()):
+                continue
+            source = layers.get(name)
+            if source is None or source.num_channels is None:
+                waiting = waiting or source is not None
+                continue
+            layer.set_layout("channel", source.num_channels)
+    return waiting
 
 
 # What runs after each wrapped hook: module → hook name → key → function. Kept outside the module so that

@@ -103,12 +103,18 @@ class LayerSwap:
             except ValueError:
                 pass  # already swapped (taken after this swap)
         if sharded and replaced:
+            per_channel = (
+                " With params='channel', give each CAReLU num_channels=C there (or run one forward before "
+                "fully_shard): fully_shard needs the shapes of alpha, beta, which a lazy layer creates at its first "
+                "forward." if self.activation_config.get("params") == "channel" else ""
+            )
             raise SwapRefused(
                 f"CAReLUCallback: the model was sharded with fully_shard (FSDP2; sharded modules: "
                 f"{[name or '<root>' for name in sharded][:4]}) before this callback swapped {replaced}, so their "
                 "alpha, beta would be plain tensors that FSDP2 neither shards nor keeps in step across ranks. Swap "
                 f"before sharding: in configure_model, call {self.recipe()} on the model before fully_shard; this "
                 "callback then finds those CAReLU layers and trains and logs them (README: Sharded training)."
+                + per_channel
             )
         self.claim(model, others)
         if final and not self.layers:
@@ -150,8 +156,11 @@ class LayerSwap:
     def _warn_other_configuration(self) -> None:
         """Layers that were CAReLU before this swap keep their configuration: say so when it is not this swap's
         (the checkpoint records what each layer holds)."""
-        config = CAReLU(**self.activation_config).layer_config()
-        other = {n: m.layer_config() for n, m in self.layers.items() if id(m) not in self.created}
+        def compared(layer: CAReLU) -> dict[str, Any]:  # num_channels is each layer's own (its input's)
+            return {k: v for k, v in layer.layer_config().items() if k != "num_channels"}
+
+        config = compared(CAReLU(**self.activation_config))
+        other = {n: compared(m) for n, m in self.layers.items() if id(m) not in self.created}
         other = {n: c for n, c in other.items() if c != config}
         if other:
             holds = ", ".join(f"{n} ({', '.join(f'{k}={v!r}' for k, v in c.items())})" for n, c in other.items())

@@ -62,11 +62,12 @@ class Monitor:
         self._track(False)
         parameters = dashboard.parameters(self.modules)
         both = torch.cat((table, parameters.to(table)), dim=1).cpu()  # one device-to-host copy
-        table, parameters = both[:, :-2], both[:, -2:]
+        width = len(dashboard.PARAMETER_COLUMNS)
+        table, parameters = both[:, :-width], both[:, -width:]
         check_finite(self.names, parameters, measured, "found on a logged step")
         if not is_global_zero:
             return
-        metrics = dashboard.scalars(self.names, table, parameters)
+        metrics = dashboard.scalars(self.names, table, parameters, dashboard.layouts(self.modules))
         self._warn_saturated(metrics, measured)
         log(metrics, measured)
         self.history.append(torch.stack([statistics.mean(table, field) for field in HISTORY], dim=1))
@@ -91,14 +92,17 @@ class Monitor:
         return torch.stack(self.history)[..., HISTORY.index(field)]
 
     def summary(self, parameters: Tensor | None = None) -> str:
-        """A Markdown table: each layer's final energy ratio, scale, neg-win share, α, β, and what happened.
+        """A Markdown table: each layer's final energy ratio, scale, neg-win share, α, β (their means over the
+        channels for per-channel layers), and what happened.
         `parameters`: the layers' final (α, β) as `dashboard.parameters` gives them, read on every rank (sharded
         ones are gathered); read here when not given."""
         final = dict(self.final_metrics)
         if parameters is None:
             parameters = dashboard.parameters(self.modules)
-        for name, (alpha, beta) in zip(self.names, parameters.tolist()):
-            final[dashboard.key(name, "alpha")], final[dashboard.key(name, "beta")] = alpha, beta
+        layouts = dashboard.layouts(self.modules)
+        for name, layout, (alpha, beta, *_) in zip(self.names, layouts, parameters.tolist()):
+            if layout != dashboard.UNCREATED:
+                final[dashboard.key(name, "alpha")], final[dashboard.key(name, "beta")] = alpha, beta
         scale = self.history_of("sum_s").nan_to_num(0.0)
         saturation = self.history_of("sum_saturation").nan_to_num(0.0)
         flags = {}

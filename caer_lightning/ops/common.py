@@ -9,6 +9,7 @@ from torch import Tensor
 
 VARIANTS = ("energy", "l1", "count")
 REDUCTIONS = ("sample", "channel", "token")
+PARAMS = ("layer", "channel")  # one α, β pair per layer (the paper), or one per channel
 _MIN_DIMS = {"sample": 2, "channel": 3, "token": 1}
 
 
@@ -22,6 +23,12 @@ def check_options(variant: str, reduction: str, K: float, eps: float) -> None:
         raise ValueError(f"K={K!r} is not supported; accepted values: a finite number > 0")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps={eps!r} is not supported; accepted values: a finite number > 0")
+
+
+def check_params(params: str) -> None:
+    """Raise a ValueError naming `params` unless it is one of PARAMS."""
+    if params not in PARAMS:
+        raise ValueError(f"params={params!r} is not supported; accepted values: {', '.join(PARAMS)}")
 
 
 def check_finite_number(argument: str, value: object) -> None:
@@ -45,6 +52,17 @@ def group_dims(z: Tensor, reduction: str) -> tuple[int, ...]:
     if reduction == "channel":
         return tuple(range(2, z.dim()))
     return (z.dim() - 1,)
+
+
+def channel_dim(z: Tensor, reduction: str) -> int:
+    """The channel axis of per-channel α, β (params="channel"): dim 1 of (N, C, ...) inputs for the sample and
+    channel reductions, the last dim of (..., C) inputs for token."""
+    return z.dim() - 1 if reduction == "token" else 1
+
+
+def channel_view(parameter: Tensor, ndim: int, dim: int) -> Tensor:
+    """A (C,) parameter shaped to broadcast along `dim` of an `ndim`-dim tensor."""
+    return parameter.reshape([-1 if i == dim else 1 for i in range(ndim)])
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -3,6 +3,9 @@
 Forward: one reduction for p, one pass for ReLU(s·z). Backward needs only the input z and per-group scalars
 (p, tanh(αp+β), the normaliser of p): one reduction for G = Σ g·[s·z>0]·z, one pass for dL/dz. Sums
 accumulate in float32 (float64 for float64 inputs).
+
+Per-channel α, β (params="channel", `channel_dim` given): tanh(α_c·p + β_c) per (group, channel), broadcast over
+the group's other entries; backward sums G per (group, channel) and gives dL/dα, dL/dβ of shape (C,).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from caer_lightning.ops.common import accumulation_dtype
+from caer_lightning.ops.common import accumulation_dtype, channel_view
 
 
 def _competition(z: Tensor, variant: str, dims: list[int], eps: float, acc: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -29,13 +32,22 @@ def _competition(z: Tensor, variant: str, dims: list[int], eps: float, acc: torc
     return positive / normaliser, normaliser
 
 
+def scale_tanh(p: Tensor, alpha: Tensor, beta: Tensor, ndim: int, channel_dim: int | None) -> Tensor:
+    """tanh(α·p + β) in p's dtype: per group, or per (group, channel) for (C,) α, β along `channel_dim`."""
+    if channel_dim is not None:
+        alpha, beta = channel_view(alpha, ndim, channel_dim), channel_view(beta, ndim, channel_dim)
+    return torch.tanh(alpha.to(p.dtype) * p + beta.to(p.dtype))
+
+
 def forward_eager(
-    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: list[int], eps: float
+    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: list[int], eps: float,
+    channel_dim: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ReLU(s·z), p, tanh(αp+β), normaliser); the last three per group, keepdim, in the accumulation dtype."""
+    """(ReLU(s·z), p, tanh(αp+β), normaliser); the last three per group (tanh per (group, channel) with
+    `channel_dim`), keepdim, in the accumulation dtype."""
     acc = accumulation_dtype(z.dtype)
     p, normaliser = _competition(z, variant, dims, eps, acc)
-    tanh = torch.tanh(alpha.to(acc) * p + beta.to(acc))
+    tanh = scale_tanh(p, alpha, beta, z.dim(), channel_dim)
     out = torch.mul(z, K * tanh).relu_().to(z.dtype)
     return out, p, tanh, normaliser
 
@@ -72,3 +84,38 @@ def backward_eager(
     elif variant == "l1":  # c·([z>0] − p sign z)
         grad_z.addcmul_(z > 0, c).addcmul_(torch.sign(z), -c * p)
     return grad_z.to(z.dtype), torch.stack(((du * p).sum(), du.sum()))
+
+
+def _sum(x: Tensor, dims: list[int]) -> Tensor:
+    """Σ over `dims`, keepdim; `x` itself for no dims (torch.sum over an empty dim list would sum everything)."""
+    return torch.sum(x, dims, keepdim=True) if dims else x
+
+
+def backward_eager_channel(
+    grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float,
+    variant: str, dims: list[int], channel_dim: int,
+) -> tuple[Tensor, Tensor]:
+    """`backward_eager` for (C,) α, β along `channel_dim`; `tanh` per (group, channel). Returns (dL/dz,
+    (dL/dα, dL/dβ) as a (2, C) tensor).
+
+    With t = tanh(α_c p_g + β_c): du_{g,c} = K(1 − t²_{g,c})·Σ_{k in group g, channel c} g_k m_k z_k;
+    dL/dα_c = Σ_g du_{g,c} p_g, dL/dβ_c = Σ_g du_{g,c}; the p-term of dL/dz uses dL/dp_g = Σ_c du_{g,c} α_c
+    (one term for the channel reduction, whose groups each hold one channel)."""
+    acc = p.dtype
+    s = K * tanh
+    g_winner = grad.to(acc) * torch.mul(z, s).gt_(0)
+    G = _sum(g_winner * z, [d for d in dims if d != channel_dim])  # per (group, channel): tanh's shape
+    du = G * (K * (1 - tanh * tanh))
+    across_groups = [d for d in range(z.dim()) if d != channel_dim]
+    grad_alpha_beta = torch.stack((_sum(du * p, across_groups).reshape(-1), _sum(du, across_groups).reshape(-1)))
+    grad_z = g_winner.mul_(s)
+    if variant != "count":
+        grad_p = du * channel_view(alpha, z.dim(), channel_dim).to(acc)
+        if channel_dim in dims:  # a group spans the channels: dL/dp_g sums over them
+            grad_p = grad_p.sum(channel_dim, keepdim=True)
+        c = grad_p * (2.0 if variant == "energy" else 1.0) / normaliser
+        if variant == "energy":  # c·(max(z,0) − p z)
+            grad_z.addcmul_(torch.relu(z), c).addcmul_(z, -c * p)
+        else:  # l1: c·([z>0] − p sign z)
+            grad_z.addcmul_(z > 0, c).addcmul_(torch.sign(z), -c * p)
+    return grad_z.to(z.dtype), grad_alpha_beta

@@ -4,15 +4,18 @@ Registering it with torch.library lets torch.compile(fullgraph=True) trace model
 graph breaks, and lets one autograd formula serve every implementation (`impl`: "eager" or "triton").
 Backward saves only the input and per-group scalars. A backward that must itself be differentiable
 (`create_graph=True`: gradient penalties such as WGAN-GP or R1) runs through the plain-op reference instead.
+Per-channel α, β (`channel_dim` given: params="channel") run on the eager ops whatever `impl` says: the Triton
+kernels take one α, β per layer (`functional.resolve_impl` never picks them for such inputs). Their backward
+recomputes tanh(α_c·p + β_c) from p rather than keeping it: for the token reduction it has the input's size.
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
 from caer_lightning.ops.common import accumulation_dtype
-from caer_lightning.ops.eager import backward_eager, forward_eager
+from caer_lightning.ops.eager import backward_eager, backward_eager_channel, forward_eager, scale_tanh
 from caer_lightning.ops.reference import carelu_reference
 from caer_lightning.ops.triton import backward_triton, forward_triton
 
@@ -22,53 +25,67 @@ _BACKWARD = {"eager": backward_eager, "triton": backward_triton}
 
 @torch.library.custom_op("caer_lightning::carelu", mutates_args=())
 def carelu_op(
-    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: List[int], eps: float, impl: str  # noqa: UP006
+    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: List[int], eps: float, impl: str,  # noqa: UP006
+    channel_dim: Optional[int] = None,  # noqa: UP007 - torch 2.6's schema inference takes typing.Optional
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(ReLU(s·z), p, tanh(αp+β), normaliser of p); the last three per group, keepdim, float32/float64."""
+    """(ReLU(s·z), p, tanh(αp+β), normaliser of p); the last three per group, keepdim, float32/float64; tanh
+    per (group, channel) when α, β have one value per channel of `channel_dim`."""
+    if channel_dim is not None:
+        return forward_eager(z, alpha, beta, K, variant, dims, eps, channel_dim)
     return _FORWARD[impl](z, alpha, beta, K, variant, dims, eps)
 
 
 @carelu_op.register_fake
-def _carelu_fake(z, alpha, beta, K, variant, dims, eps, impl):
-    group = z.new_empty([n if i < dims[0] else 1 for i, n in enumerate(z.shape)], dtype=accumulation_dtype(z.dtype))
-    return torch.empty_like(z), group, torch.empty_like(group), torch.empty_like(group)
+def _carelu_fake(z, alpha, beta, K, variant, dims, eps, impl, channel_dim=None):
+    group_shape = [n if i < dims[0] else 1 for i, n in enumerate(z.shape)]
+    group = z.new_empty(group_shape, dtype=accumulation_dtype(z.dtype))
+    tanh_shape = [n if i < dims[0] or i == channel_dim else 1 for i, n in enumerate(z.shape)]
+    return torch.empty_like(z), group, group.new_empty(tanh_shape), torch.empty_like(group)
 
 
 @torch.library.custom_op("caer_lightning::carelu_backward", mutates_args=())
 def carelu_backward_op(
     grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float, variant: str,
     dims: List[int], impl: str,  # noqa: UP006 - torch 2.6's schema inference takes typing.List, not list
+    channel_dim: Optional[int] = None,  # noqa: UP007
 ) -> tuple[Tensor, Tensor]:
-    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector in the accumulation dtype)."""
+    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector in the accumulation dtype, or a (2, C) tensor for per-channel α, β)."""
+    if channel_dim is not None:
+        return backward_eager_channel(grad, z, p, tanh, normaliser, alpha, K, variant, dims, channel_dim)
     return _BACKWARD[impl](grad, z, p, tanh, normaliser, alpha, K, variant, dims)
 
 
 @carelu_backward_op.register_fake
-def _carelu_backward_fake(grad, z, p, tanh, normaliser, alpha, K, variant, dims, impl):
-    return torch.empty_like(z), p.new_empty(2)
+def _carelu_backward_fake(grad, z, p, tanh, normaliser, alpha, K, variant, dims, impl, channel_dim=None):
+    return torch.empty_like(z), p.new_empty(2 if channel_dim is None else (2, alpha.shape[0]))
 
 
 def _setup_context(ctx, inputs, output):
-    z, alpha, beta, K, variant, dims, eps, impl = inputs
+    z, alpha, beta, K, variant, dims, eps, impl, channel_dim = inputs
     _, p, tanh, normaliser = output
-    ctx.save_for_backward(z, p, tanh, normaliser, alpha, beta)
-    ctx.config = (K, variant, dims, impl, eps)
+    ctx.save_for_backward(z, p, tanh if channel_dim is None else None, normaliser, alpha, beta)
+    ctx.config = (K, variant, dims, impl, eps, channel_dim)
     ctx.set_materialize_grads(False)  # p, tanh, normaliser get no gradient: autograd need not make zeros
 
 
 def _backward(ctx, grad_out, _grad_p, _grad_tanh, _grad_normaliser):
     z, p, tanh, normaliser, alpha, beta = ctx.saved_tensors
-    K, variant, dims, impl, eps = ctx.config
+    K, variant, dims, impl, eps, channel_dim = ctx.config
+    none = (None,) * 6  # K, variant, dims, eps, impl, channel_dim
     if grad_out is None:
-        return None, None, None, None, None, None, None, None
+        return None, None, None, *none
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
         grad_z, grad_alpha, grad_beta = _differentiable_backward(ctx, grad_out, z, alpha, beta)
-        return grad_z, grad_alpha, grad_beta, None, None, None, None, None
-    grad_z, grad_alpha_beta = carelu_backward_op(grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl)
-    # as α, β came: shape (1,) from CAReLU, 0-d or (1,) from users of `carelu`
+        return grad_z, grad_alpha, grad_beta, *none
+    if channel_dim is not None:  # not kept by forward (see the module docstring): the same ops again
+        tanh = scale_tanh(p, alpha, beta, z.dim(), channel_dim)
+    grad_z, grad_alpha_beta = carelu_backward_op(
+        grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl, channel_dim
+    )
+    # as α, β came: shape (1,) from CAReLU, 0-d or (1,) from users of `carelu`, (C,) per channel
     grad_alpha = grad_alpha_beta[0].to(alpha.dtype).reshape(alpha.shape)
     grad_beta = grad_alpha_beta[1].to(beta.dtype).reshape(beta.shape)
-    return grad_z, grad_alpha, grad_beta, None, None, None, None, None
+    return grad_z, grad_alpha, grad_beta, *none
 
 
 def _differentiable_backward(
@@ -76,12 +93,12 @@ def _differentiable_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The gradients as a graph of plain ops (the reference forward, differentiated with create_graph=True), so
     that a second backward flows through them to z, alpha, beta and the incoming gradient."""
-    K, variant, dims, _, eps = ctx.config
+    K, variant, dims, _, eps, channel_dim = ctx.config
     needed = ctx.needs_input_grad[:3]
     inputs = [t if not need or t.requires_grad else t.detach().requires_grad_() for t, need in zip((z, alpha, beta),
                                                                                                       needed)]
     with torch.enable_grad():
-        out, _, _ = carelu_reference(inputs[0], inputs[1], inputs[2], K, variant, tuple(dims), eps)
+        out, _, _ = carelu_reference(inputs[0], inputs[1], inputs[2], K, variant, tuple(dims), eps, channel_dim)
         wanted = [t for t, need in zip(inputs, needed) if need]
         grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
     return tuple(next(grads) if need else None for need in needed)

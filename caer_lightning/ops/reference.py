@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from caer_lightning.ops.common import accumulation_dtype
+from caer_lightning.ops.common import accumulation_dtype, channel_view
 
 
 def competition_reference(x: Tensor, variant: str, dims: tuple[int, ...], eps: float) -> Tensor:
@@ -18,10 +18,14 @@ def competition_reference(x: Tensor, variant: str, dims: tuple[int, ...], eps: f
 
 
 def carelu_reference(
-    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: tuple[int, ...], eps: float
+    z: Tensor, alpha: Tensor, beta: Tensor, K: float, variant: str, dims: tuple[int, ...], eps: float,
+    channel_dim: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """ReLU(s·z) with s = K·tanh(α·p + β); returns (output, p, s), p and s detached, kept as size-1 dims."""
+    """ReLU(s·z) with s = K·tanh(α·p + β); returns (output, p, s), p and s detached, kept as size-1 dims. With
+    `channel_dim`, α, β have one value per channel of that dim and s is per (group, channel)."""
     x = z.to(accumulation_dtype(z.dtype))
     p = competition_reference(x, variant, dims, eps)
+    if channel_dim is not None:
+        alpha, beta = channel_view(alpha, z.dim(), channel_dim), channel_view(beta, z.dim(), channel_dim)
     s = K * torch.tanh(alpha.to(x.dtype) * p + beta.to(x.dtype))
     return torch.relu(s * x).to(z.dtype), p.detach(), s.detach()

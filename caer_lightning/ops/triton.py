@@ -1,7 +1,8 @@
 """CAReLU forward and backward on Triton kernels: two launches forward, two and one small sum backward.
 
 Used automatically for CUDA tensors of float32/float16/bfloat16 in contiguous or channels_last layouts
-(`impl="auto"`); `impl="triton"` asks for it explicitly (CPU tensors work under TRITON_INTERPRET=1).
+(`impl="auto"`); `impl="triton"` asks for it explicitly (CPU tensors work under TRITON_INTERPRET=1). Layers
+with per-channel α, β (params="channel") run on the eager implementation (`unsupported_reason` says so).
 """
 
 from __future__ import annotations
@@ -21,8 +22,17 @@ AVAILABLE = importlib.util.find_spec("triton") is not None
 FAILED: set[tuple] = set()
 
 
-def unsupported_reason(z: Tensor, dims: list[int]) -> str | None:
-    """Why the Triton path cannot take `z` (without a copy, on this device), or None when it can."""
+PER_CHANNEL_REASON = (
+    "per-channel alpha, beta (params='channel'): the Triton kernels take one alpha, beta per layer, so these "
+    "inputs run on the eager implementation"
+)
+
+
+def unsupported_reason(z: Tensor, dims: list[int], per_channel: bool = False) -> str | None:
+    """Why the Triton path cannot take `z` (without a copy, on this device) with one α, β per layer or, with
+    `per_channel`, per channel (never: PER_CHANNEL_REASON), or None when it can."""
+    if per_channel:
+        return PER_CHANNEL_REASON
     if not AVAILABLE:
         return "triton is not installed"
     if z.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
