@@ -323,7 +323,8 @@ def test_the_pretrained_record_names_each_layer_relative_to_its_model():
     swap_activations(holder, factory=lambda old: CAReLU(variant="count", K=3.0))
     record = holder[1].config.caer_lightning["layers"]
     relu = "torch.nn.modules.activation.ReLU"
-    expected = {"replaces": relu, "variant": "count", "reduction": "sample", "K": 3.0, "eps": 1e-6}
+    expected = {"replaces": relu, "variant": "count", "reduction": "sample", "K": 3.0, "eps": 1e-6,
+                "params": "layer", "num_channels": None}
     assert record == {"net.relu": expected, "net.relu_1": expected}
 
 
