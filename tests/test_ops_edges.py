@@ -273,8 +273,8 @@ def support(monkeypatch):
     """Replaces the Triton support check seen by `resolve_impl`: records its calls, answers `support.reason`."""
     state = types.SimpleNamespace(reason=None, calls=[])
 
-    def fake(z, dims):
-        state.calls.append((z, dims))
+    def fake(z, dims, per_channel=False):
+        state.calls.append((z, dims, per_channel))
         return state.reason
 
     monkeypatch.setattr(functional, "unsupported_reason", fake)
@@ -288,7 +288,10 @@ def test_auto_takes_triton_only_for_cuda_tensors_it_supports(support, is_cuda, r
     z = types.SimpleNamespace(is_cuda=is_cuda)
     support.reason = reason
     assert functional.resolve_impl("auto", z, (1, 2, 3)) == expected
-    assert all(call == (z, [1, 2, 3]) for call in support.calls) and (support.calls or not is_cuda)
+    assert all(call == (z, [1, 2, 3], False) for call in support.calls) and (support.calls or not is_cuda)
+    support.calls.clear()
+    functional.resolve_impl("auto", z, (1, 2, 3), per_channel=True)
+    assert all(call == (z, [1, 2, 3], True) for call in support.calls)
 
 
 def test_explicit_triton_asks_about_the_reduced_dims_and_names_the_reason(support):
@@ -299,7 +302,7 @@ def test_explicit_triton_asks_about_the_reduced_dims_and_names_the_reason(suppor
         functional.resolve_impl("triton", z, (2, 3))
     assert str(info.value) == ("impl='triton' cannot take this input: layout with strides (1, 2) (supported: "
                                "contiguous, channels_last); use impl='auto' or impl='eager'")
-    assert support.calls == [(z, [2, 3]), (z, [2, 3])]
+    assert support.calls == [(z, [2, 3], False), (z, [2, 3], False)]
     assert functional.resolve_impl("eager", z, (2, 3)) == "eager" and len(support.calls) == 2
 
 
