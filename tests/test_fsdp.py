@@ -173,6 +173,8 @@ def sharded_runs(rank: int, directory: str) -> dict:
 
 # --- the tests ------------------------------------------------------------------------------------------------
 
+pytestmark = pytest.mark.slow  # every test here spawns 2 ranks (the shared spawn alone takes about 20 s)
+
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> list[dict]:
