@@ -43,7 +43,9 @@ def test_config_runs_fast_dev_run(config, tmp_path):
     assert bool(swapped) == wants_carelu
     if wants_carelu:
         assert any(g.get("name") == "carelu" for g in cli.trainer.optimizers[0].param_groups)
-    assert "test_acc" in cli.trainer.callback_metrics, "test_after_fit ran the test loop"
+    monitored = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    (monitor,) = [c["init_args"]["monitor"] for c in monitored if c["class_path"].endswith(".ModelCheckpoint")]
+    assert "test" + monitor.removeprefix("val") in cli.trainer.callback_metrics, "test_after_fit ran the test loop"
 
 
 def test_resnet18_configs_differ_only_in_the_callback():
