@@ -12,6 +12,7 @@ from caer_lightning.data.sr_pairs import quantize
 # Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255 for R, G, B in [0, 1]
 Y_WEIGHTS = (65.481 / 255, 128.553 / 255, 24.966 / 255)
 Y_OFFSET = 16 / 255
+SSIM_RADIUS = 5  # of the 11×11 Gaussian window (σ 1.5) that torchmetrics builds: int(3.5σ + 0.5)
 
 
 def rgb_to_y(images: Tensor) -> Tensor:
@@ -41,6 +42,11 @@ def y_psnr(sr: Tensor, hr: Tensor, border: int) -> Tensor:
 
 
 def y_ssim(sr: Tensor, hr: Tensor, border: int) -> Tensor:
-    """SSIM on Y (Gaussian window 11, σ 1.5) of each image of a batch (N, C, H, W) in [0, 1]: shape (N,)."""
-    return structural_similarity_index_measure(y_channel(sr, border), y_channel(hr, border), data_range=1.0,
-                                               reduction="none")
+    """SSIM on Y (Gaussian window 11, σ 1.5) of each image of a batch (N, C, H, W) in [0, 1]: shape (N,).
+
+    The mean of the SSIM map over the positions where the window lies inside the image, as scikit-image and
+    MATLAB's `ssim` compute it: recent torchmetrics (1.9) averages the map over a reflect-padded border too, older
+    releases did not, so the map is taken from torchmetrics and cropped here, the same on every version."""
+    _, full = structural_similarity_index_measure(y_channel(sr, border), y_channel(hr, border), data_range=1.0,
+                                                  return_full_image=True)
+    return shave(full, SSIM_RADIUS).mean(dim=(1, 2, 3))
