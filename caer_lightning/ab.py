@@ -103,7 +103,8 @@ def curve(run: dict, metric: Metric) -> list[float]:
     return list(run.get(metric.val) or [])
 
 
-def test_value(run: dict, name: str) -> float | None:
+def tested_value(run: dict, name: str) -> float | None:
+    """The run's test metric `name` (records written before test_metrics existed: test_acc only), or None."""
     if "test_metrics" in run:
         return run["test_metrics"].get(name)
     return run.get(name)
@@ -138,7 +139,7 @@ def summarize(runs: list[dict], metric: Metric = Metric()) -> dict:
     summary: dict[str, Any] = {"metric": {**asdict(metric), "test": metric.test}, "paired_seeds": paired, "failed": [
         {"seed": r["seed"], "arm": r["arm"], "error": r.get("error")} for r in runs if r["status"] != "ok"]}
     final, test = f"final_{metric.val}", metric.test
-    values = {arm: {s: {final: (curve(r, metric) or [None])[-1], test: test_value(r, test),
+    values = {arm: {s: {final: (curve(r, metric) or [None])[-1], test: tested_value(r, test),
                         **{m: r.get(m) for m in ("step_seconds_median", "peak_memory_bytes", "params")}}
                     for s, r in ok[arm].items()} for arm in ARMS}
     for arm in ARMS:
@@ -153,7 +154,7 @@ def summarize(runs: list[dict], metric: Metric = Metric()) -> dict:
     others = sorted({name for arm in ARMS for r in ok[arm].values() for name in r.get("test_metrics", {})} - {test})
     summary["other_test"] = {}
     for name in others:
-        per_arm = {arm: {s: test_value(r, name) for s, r in ok[arm].items() if test_value(r, name) is not None}
+        per_arm = {arm: {s: tested_value(r, name) for s, r in ok[arm].items() if tested_value(r, name) is not None}
                    for arm in ARMS}
         both = [s for s in paired if s in per_arm["relu"] and s in per_arm["carelu"]]
         summary["other_test"][name] = {
@@ -239,7 +240,7 @@ def markdown(config: str, seeds: int, runs: list[dict], summary: dict, base: dic
     for r in sorted(runs, key=lambda r: (r["seed"], ARMS.index(r["arm"]))):
         if r["status"] == "ok":
             lines.append(f"| {r['seed']} | {names[r['arm']]} | ok | {_number((curve(r, metric) or [None])[-1])} | "
-                         f"{_number(test_value(r, test))} | {r['step_seconds_median'] * 1e3:.1f} |")
+                         f"{_number(tested_value(r, test))} | {r['step_seconds_median'] * 1e3:.1f} |")
         else:
             error = r.get("error", "").replace("|", "\\|")
             lines.append(f"| {r['seed']} | {names[r['arm']]} | **failed**: {error} | | | |")
