@@ -234,13 +234,13 @@ def test_a_short_run_beats_bicubic_on_the_test_photos(tmp_path):
     import lightning.pytorch as pl
 
     pl.seed_everything(0)
-    data = EmbeddedPhotosDataModule(scale=2, lr_patch_size=16, train_patches=2400, batch_size=16)
-    model = SuperResolution(net="espcn", scale=2, residual=True, optimizer=partial(torch.optim.Adam, lr=2e-3))
+    data = EmbeddedPhotosDataModule(scale=2, lr_patch_size=24, train_patches=4800, batch_size=16)  # 300 steps
+    model = SuperResolution(net="espcn", scale=2, residual=True, optimizer=partial(torch.optim.Adam, lr=1e-3))
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          default_root_dir=tmp_path)
     trainer.fit(model, data)
     (scores,) = trainer.test(model, data, verbose=False)
     assert scores["test_psnr_bicubic"] == pytest.approx(30.44, abs=0.05)  # astronaut, chelsea, china at ×2
-    assert scores["test_psnr"] > scores["test_psnr_bicubic"] + 0.3
+    assert scores["test_psnr"] > scores["test_psnr_bicubic"] + 0.5
     assert scores["test_ssim"] > scores["test_ssim_bicubic"]
