@@ -36,13 +36,15 @@ OLD_RECORDER = "caer_lightning.ab.RunRecorder"  # in the configs of run folders 
 
 
 class RunRecorder(Callback):
-    """Writes what `caer ab` compares to `path` (JSON): validation curve, test accuracy, mean train loss per
-    epoch, each CAReLU's α and β at every epoch end, step times, peak memory, parameter count, and a
-    fingerprint of every training batch (to check the arms saw the same)."""
+    """Writes what `caer ab` compares to `path` (JSON): every validation metric at each epoch end (`val_metrics`,
+    with the accuracy curve also as `val_acc`), every test metric (`test_metrics`, the accuracy also as
+    `test_acc`), mean train loss per epoch, each CAReLU's α and β at every epoch end, step times, peak memory,
+    parameter count, and a fingerprint of every training batch (to check the arms saw the same)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.record: dict[str, Any] = {"val_acc": [], "train_loss": [], "carelu": [], "step_seconds": [], "batches": []}
+        self.record: dict[str, Any] = {"val_acc": [], "val_metrics": [], "test_metrics": {}, "train_loss": [],
+                                       "carelu": [], "step_seconds": [], "batches": []}
         self._start = 0.0
         self._loss_sum: torch.Tensor | None = None  # on the device: no host sync per step
         self._loss_count = 0
@@ -52,7 +54,8 @@ class RunRecorder(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         x, y = batch[0], batch[1]
-        self.record["batches"].append([round(float(x.double().sum()), 6), int(y.sum())])
+        target = round(float(y.double().sum()), 6) if y.is_floating_point() else int(y.sum())  # images, or labels
+        self.record["batches"].append([round(float(x.double().sum()), 6), target])
         self._start = time.perf_counter()  # after the fingerprint, whose host sync is not the step's cost
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -75,10 +78,14 @@ class RunRecorder(Callback):
                                       if isinstance(m, CAReLU) and not m.has_uninitialized_params()})
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if not trainer.sanity_checking and "val_acc" in trainer.callback_metrics:
+        if trainer.sanity_checking:
+            return
+        self.record["val_metrics"].append(stage_metrics(trainer, "val"))
+        if "val_acc" in trainer.callback_metrics:
             self.record["val_acc"].append(float(trainer.callback_metrics["val_acc"]))
 
     def on_test_end(self, trainer, pl_module):
+        self.record["test_metrics"] = stage_metrics(trainer, "test")
         if "test_acc" in trainer.callback_metrics:
             self.record["test_acc"] = float(trainer.callback_metrics["test_acc"])
         self._write()
@@ -100,6 +107,12 @@ class RunRecorder(Callback):
 def _parameter_count(module: torch.nn.Module) -> int:
     """The number of parameter values, leaving out per-channel α, β not created yet (their count is unknown)."""
     return sum(p.numel() for p in module.parameters() if not is_lazy(p))
+
+
+def stage_metrics(trainer, stage: str) -> dict[str, float]:
+    """The trainer's current metrics whose names start with `stage` ("val", "test"), as numbers."""
+    return {name: float(value) for name, value in trainer.callback_metrics.items()
+            if name.startswith(stage) and getattr(value, "numel", lambda: 1)() == 1}
 
 
 SETTINGS = ("variant", "K", "alpha_init", "beta_init", "eps", "lr", "lr_scale", "weight_decay", "params")
@@ -133,6 +146,17 @@ def carelu_title(base: dict, callback_args: dict | None = None) -> str:
     args = {**(own_callback_args(base) or {}), **(callback_args or {})}
     changed = [f"`{name}={args[name]}`" for name in SETTINGS if name in args and args[name] != defaults[name]]
     return "CAReLU, " + (", ".join(changed) if changed else "default")
+
+
+def checkpoint_monitor(base: dict) -> tuple[str, str] | None:
+    """(monitor, mode) of the config's first ModelCheckpoint when it monitors a metric (mode "min" when unset,
+    Lightning's default), else None."""
+    callbacks = (base.get("trainer") or {}).get("callbacks") or []
+    for callback in callbacks:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(".ModelCheckpoint"):
+            init_args = callback.get("init_args") or {}
+            return (init_args["monitor"], init_args.get("mode") or "min") if init_args.get("monitor") else None
+    return None
 
 
 def tested_weights(base: dict) -> str:

@@ -194,3 +194,100 @@ def test_paired_difference_is_the_paired_t_interval():
     assert ab.paired_difference([0.9], [0.8]) == {"mean": pytest.approx(0.1), "low": None, "high": None, "n": 1}
     same = ab.paired_difference([0.9, 0.8], [0.8, 0.7])  # no spread: the interval is the mean
     assert same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)
+
+
+SR_CONFIG = {"trainer": {"callbacks": [
+    {"class_path": "caer_lightning.CAReLUCallback"},
+    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val_psnr", "mode": "max"}}]}}
+LOSS_CONFIG = {"trainer": {"callbacks": [
+    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val_loss"}}]}}
+
+
+def test_the_metric_comes_from_the_config_or_the_options():
+    assert ab.choose_metric({}) == ab.Metric("val_acc", "max", "the default")
+    assert ab.choose_metric(SR_CONFIG) == ab.Metric("val_psnr", "max", "the config's ModelCheckpoint")
+    assert ab.choose_metric(LOSS_CONFIG) == ab.Metric("val_loss", "min", "the config's ModelCheckpoint")  # Lightning's default mode
+    assert ab.choose_metric(SR_CONFIG).test == "test_psnr" and ab.Metric("val/ssim").test == "test/ssim"
+    assert ab.choose_metric(SR_CONFIG, "val_ssim", "max") == ab.Metric("val_ssim", "max", "--metric")
+    assert ab.choose_metric(SR_CONFIG, "val_psnr") == ab.Metric("val_psnr", "max", "--metric")  # the monitor's mode
+    for metric, mode, message in ((None, "max", r"--mode='max' without --metric"),
+                                  ("val_ssim", None, r"--metric='val_ssim' needs --mode: accepted values: max"),
+                                  ("val_psnr", "up", r"--mode='up': accepted values: max, min"),
+                                  ("test_psnr", "max", r"--metric='test_psnr', mode='max': accepted values: a "
+                                                       r"validation metric whose name starts with 'val'")):
+        with pytest.raises(ValueError, match=message):
+            ab.choose_metric(SR_CONFIG, metric, mode)
+
+
+def sr_run(seed: int, arm: str, psnr: float, loss: float) -> dict:
+    return dict(seed=seed, arm=arm, status="ok", step_seconds_median=0.1, peak_memory_bytes=2**30, params=100,
+                val_metrics=[{"val_psnr": psnr - 1.0, "val_loss": loss + 0.1}, {"val_psnr": psnr, "val_loss": loss}],
+                test_metrics={"test_psnr": psnr + 0.5, "test_loss": loss, "test_psnr_bicubic": 30.0})
+
+
+def test_summary_and_report_of_a_higher_is_better_metric():
+    runs = [sr_run(s, arm, 31.0 + s * 0.1 + (0.2 + 0.01 * s if arm == "carelu" else 0), 0.02) for s in range(3)
+            for arm in ab.ARMS]
+    metric = ab.choose_metric(SR_CONFIG)
+    summary = ab.summarize(runs, metric)
+    assert summary["relu"]["test_psnr"][0] == pytest.approx(31.6)
+    assert summary["difference_test_psnr"]["mean"] == pytest.approx(0.21)
+    assert summary["difference_final_val_psnr"]["mean"] == pytest.approx(0.21)
+    assert summary["other_test"]["test_psnr_bicubic"]["relu"] == (30.0, 0.0)
+    assert summary["other_test"]["test_psnr_bicubic"]["difference"]["mean"] == 0.0
+    assert summary["metric"] == {"val": "val_psnr", "mode": "max", "source": "the config's ModelCheckpoint",
+                                 "test": "test_psnr"}
+    report = ab.markdown("configs/sr/espcn_x2_carelu.yaml", 3, runs, summary, SR_CONFIG, metric)
+    assert ("Metric: val_psnr (from the config's ModelCheckpoint), tested as test_psnr; higher is better, so a "
+            "positive difference favours CAReLU. On test_psnr CAReLU is better than ReLU over 3 paired seeds") in report
+    assert "| test_psnr (checkpoint with the best val_psnr) | 31.6000 ± 0.1000 | 31.8100 ± 0.1100 | +0.2100 [" in report
+    assert "| final val_psnr |" in report and "| test_psnr_bicubic | 30.0000 ± 0.0000 | 30.0000 ± 0.0000 |" in report
+    assert "| seed | arm | status | final val_psnr | test_psnr | step (ms) |" in report
+    assert "| 1 | CAReLU | ok | 31.3100 | 31.8100 | 100.0 |" in report
+    axes = ab.plot_figure(runs, "ReLU", metric).axes[0]
+    assert axes.get_ylabel() == "val_psnr (higher is better)" and "val_psnr" in axes.get_title()
+    assert [list(line.get_ydata()) for line in axes.get_lines() if line.get_linewidth() > 2][0] == \
+        pytest.approx([30.1, 31.1])  # ReLU's mean curve over the 3 seeds
+    assert ab.plot_name(metric) == "val_psnr.png" and ab.plot_name(ab.Metric("val/psnr")) == "val_psnr.png"
+
+
+def test_the_report_wording_follows_lower_is_better():
+    metric = ab.choose_metric(LOSS_CONFIG)
+    for carelu_loss, said in ((0.5, "CAReLU is worse than ReLU"), (0.1, "CAReLU is better than ReLU")):
+        runs = [sr_run(s, "relu", 31.0, 0.3 + 0.01 * s) for s in range(3)]
+        runs += [sr_run(s, "carelu", 31.0, carelu_loss + 0.02 * s) for s in range(3)]
+        report = ab.markdown("c.yaml", 3, runs, ab.summarize(runs, metric), LOSS_CONFIG, metric)
+        assert "lower is better, so a negative difference favours CAReLU" in report
+        assert f"On test_loss {said} over 3 paired seeds: the 95% interval excludes zero." in report
+    same = [sr_run(s, arm, 31.0, 0.3 + (0.01 if (arm == "carelu") == (s % 2 == 0) else -0.01)) for s in range(4)
+            for arm in ab.ARMS]
+    assert "the 95% interval straddles zero over 4 paired seeds: no difference shown" in ab.markdown(
+        "c.yaml", 4, same, ab.summarize(same, metric), LOSS_CONFIG, metric)
+
+
+def test_classifier_records_of_before_val_metrics_still_report():
+    """Runs recorded before RunRecorder kept every metric (val_acc and test_acc only) are still summarised."""
+    runs = [dict(seed=s, arm=a, status="ok", val_acc=[0.5, 0.9], test_acc=0.8 + (0.01 if a == "carelu" else 0),
+                 step_seconds_median=0.1, peak_memory_bytes=1, params=10) for s in range(2) for a in ab.ARMS]
+    summary = ab.summarize(runs)
+    assert summary["relu"]["final_val_acc"] == (0.9, 0.0)
+    assert summary["difference_test_acc"]["mean"] == pytest.approx(0.01) and summary["other_test"] == {}
+
+
+@pytest.mark.slow
+def test_ab_on_the_super_resolution_config_pairs_psnr(tmp_path):
+    config = str(Path(__file__).parents[1] / "configs" / "sr" / "espcn_x2_carelu.yaml")
+    tiny = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--data.init_args.train_patches=32",
+            "--trainer.enable_progress_bar=false"]
+    results = ab.main(["--config", config, "--seeds", "1", "--out", str(tmp_path), *tiny])
+    summary = results["summary"]
+    assert summary["metric"]["val"] == "val_psnr" and summary["metric"]["mode"] == "max"
+    relu, carelu = (r for r in results["runs"])
+    for run in (relu, carelu):
+        assert run["status"] == "ok" and len(run["val_metrics"]) == 1
+        assert set(run["test_metrics"]) == {"test_loss", "test_psnr", "test_ssim", "test_psnr_bicubic", "test_ssim_bicubic"}
+    assert relu["test_metrics"]["test_psnr_bicubic"] == carelu["test_metrics"]["test_psnr_bicubic"]  # the same floor
+    assert summary["params_added"] == 4  # α, β of ESPCN's 2 ReLUs
+    report = (tmp_path / "report.md").read_text()
+    assert "| test_psnr (checkpoint with the best val_psnr) |" in report and "| test_psnr_bicubic |" in report
+    assert (tmp_path / "val_psnr.png").is_file() and not (tmp_path / "val_acc.png").exists()

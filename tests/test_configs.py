@@ -43,7 +43,9 @@ def test_config_runs_fast_dev_run(config, tmp_path):
     assert bool(swapped) == wants_carelu
     if wants_carelu:
         assert any(g.get("name") == "carelu" for g in cli.trainer.optimizers[0].param_groups)
-    assert "test_acc" in cli.trainer.callback_metrics, "test_after_fit ran the test loop"
+    monitored = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    (monitor,) = [c["init_args"]["monitor"] for c in monitored if c["class_path"].endswith(".ModelCheckpoint")]
+    assert "test" + monitor.removeprefix("val") in cli.trainer.callback_metrics, "test_after_fit ran the test loop"
 
 
 def test_resnet18_configs_differ_only_in_the_callback():
@@ -55,6 +57,14 @@ def test_resnet18_configs_differ_only_in_the_callback():
     recipe = carelu["model"]["init_args"]
     assert recipe["optimizer"]["init_args"] == {"lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4}
     assert carelu["trainer"]["max_epochs"] == 200 and carelu["data"]["init_args"]["batch_size"] == 128
+
+
+@pytest.mark.parametrize("name", ["cifar100/resnet18", "sr/espcn_x2", "mnist1d/cnn"])
+def test_baseline_configs_differ_only_in_the_callback(name):
+    carelu, relu = (yaml.safe_load((ROOT / f"configs/{name}_{arm}.yaml").read_text()) for arm in ("carelu", "relu"))
+    callbacks = carelu["trainer"].pop("callbacks")
+    assert [c for c in callbacks if c["class_path"] != "caer_lightning.CAReLUCallback"] == relu["trainer"].pop("callbacks")
+    assert carelu == relu
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_the_wheel_holds_configs_types_and_declared_imports(wheel):
     for path in (ROOT / "caer_lightning").rglob("*.py"):
         imported |= set(re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M))
     third_party = imported - set(sys.stdlib_module_names) - {"caer_lightning", "__future__"}
-    distribution = {"sklearn": "scikit-learn", "yaml": "pyyaml"}
+    distribution = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow"}
     optional = {"triton", "transformers", "onnx", "onnxscript", "onnxruntime"}  # each import guarded, each tested
     missing = {normalized(distribution.get(m, m)) for m in third_party - optional} - required
     assert not missing, f"imported but not declared: {missing}"

@@ -1,3 +1,5 @@
+from caer_lightning.models.mnist1d import MNIST1DClassifier
+from caer_lightning.models.super_resolution import SuperResolution
 from caer_lightning.models.timm_classifier import TimmClassifier
 
-__all__ = ["TimmClassifier"]
+__all__ = ["MNIST1DClassifier", "SuperResolution", "TimmClassifier"]
