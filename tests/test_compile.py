@@ -36,3 +36,13 @@ def test_compiled_model_matches_eager_in_outputs_and_gradients():
             module.track_statistics = True
     run(x)
     assert compiled[2].pop_statistics()[STATISTICS.index("groups")].item() == 4  # one group per sample
+
+
+@pytest.mark.slow
+def test_layers_compiled_one_after_another_with_other_K_and_eps_trace_in_one_graph():
+    """Dynamo passes a number that changed between compiles of the same code (K, eps) as a symbolic float: the
+    argument checks must read it without a graph break (math.isfinite could not), and the values must be used."""
+    x = torch.randn(4, 3, 5, 5)
+    for K, eps in ((2.0, 1e-6), (3.0, 1e-3), (4.0, 1e-2), (1.5, 0.5)):
+        layer = CAReLU(K=K, eps=eps, alpha_init=0.7, beta_init=-0.2)
+        torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x), msg=f"K={K}, eps={eps}")

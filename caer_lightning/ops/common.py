@@ -13,15 +13,22 @@ PARAMS = ("layer", "channel")  # one α, β pair per layer (the paper), or one p
 _MIN_DIMS = {"sample": 2, "channel": 3, "token": 1}
 
 
+def _is_finite_number(value: object) -> bool:
+    """A real number other than ±inf and nan. `abs(v) < inf` rather than math.isfinite: once K or eps changed
+    between two torch.compile runs, dynamo passes them as symbolic floats, which comparisons read (guarded) and
+    math.isfinite does not."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) < math.inf
+
+
 def check_options(variant: str, reduction: str, K: float, eps: float) -> None:
     """Raise a ValueError naming the argument, its bad value and the accepted values."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted values: {', '.join(VARIANTS)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not supported; accepted values: {', '.join(REDUCTIONS)}")
-    if isinstance(K, bool) or not isinstance(K, (int, float)) or not math.isfinite(K) or K <= 0:
+    if not _is_finite_number(K) or K <= 0:
         raise ValueError(f"K={K!r} is not supported; accepted values: a finite number > 0")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+    if not _is_finite_number(eps) or eps <= 0:
         raise ValueError(f"eps={eps!r} is not supported; accepted values: a finite number > 0")
 
 
@@ -33,7 +40,7 @@ def check_params(params: str) -> None:
 
 def check_finite_number(argument: str, value: object) -> None:
     """Raise a ValueError naming `argument` unless `value` is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_finite_number(value):
         raise ValueError(f"{argument}={value!r} is not supported; accepted values: a finite number")
 
 
