@@ -244,3 +244,27 @@ def test_a_short_run_beats_bicubic_on_the_test_photos(tmp_path):
     assert scores["test_psnr_bicubic"] == pytest.approx(30.44, abs=0.05)  # astronaut, chelsea, china at ×2
     assert scores["test_psnr"] > scores["test_psnr_bicubic"] + 0.5
     assert scores["test_ssim"] > scores["test_ssim_bicubic"]
+
+
+def test_y_of_a_gray_image_is_the_image_and_other_channel_counts_are_refused():
+    from caer_lightning.models.sr_metrics import rgb_to_y
+
+    gray = torch.rand(2, 1, 5, 6)
+    assert torch.equal(rgb_to_y(gray), gray)
+    rgb = torch.rand(2, 3, 5, 6)  # Y recomputed from BT.601's published coefficients
+    r, g, b = rgb.unbind(1)
+    expected = (16 + 65.481 * r + 128.553 * g + 24.966 * b) / 255
+    torch.testing.assert_close(rgb_to_y(rgb), expected.unsqueeze(1))
+    for channels in (2, 4):
+        with pytest.raises(ValueError, match=rf"^images with {channels} channels: accepted values: 1 \(Y\) or 3 \(RGB\)$"):
+            rgb_to_y(torch.rand(1, channels, 4, 4))
+
+
+@pytest.mark.parametrize("border", [0, 1, 2])
+def test_shave_crops_border_pixels_from_each_side(border):
+    from caer_lightning.models.sr_metrics import shave
+
+    image = torch.arange(2 * 3 * 7 * 8, dtype=torch.float32).reshape(2, 3, 7, 8)
+    cropped = shave(image, border)
+    assert cropped.shape == (2, 3, 7 - 2 * border, 8 - 2 * border)
+    assert torch.equal(cropped, image[:, :, border : 7 - border, border : 8 - border])
