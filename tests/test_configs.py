@@ -59,9 +59,10 @@ def test_resnet18_configs_differ_only_in_the_callback():
     assert carelu["trainer"]["max_epochs"] == 200 and carelu["data"]["init_args"]["batch_size"] == 128
 
 
-@pytest.mark.parametrize("name", ["cifar100/resnet18", "sr/espcn_x2", "mnist1d/cnn"])
-def test_baseline_configs_differ_only_in_the_callback(name):
-    carelu, relu = (yaml.safe_load((ROOT / f"configs/{name}_{arm}.yaml").read_text()) for arm in ("carelu", "relu"))
+@pytest.mark.parametrize("name, baseline", [("cifar100/resnet18", "relu"), ("sr/espcn_x2", "relu"),
+                                            ("mnist1d/cnn", "relu"), ("lm/char_transformer", "gelu")])
+def test_baseline_configs_differ_only_in_the_callback(name, baseline):
+    carelu, relu = (yaml.safe_load((ROOT / f"configs/{name}_{arm}.yaml").read_text()) for arm in ("carelu", baseline))
     callbacks = carelu["trainer"].pop("callbacks")
     assert [c for c in callbacks if c["class_path"] != "caer_lightning.CAReLUCallback"] == relu["trainer"].pop("callbacks")
     assert carelu == relu
