@@ -40,6 +40,8 @@ def test_configs_are_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.relative_to(ROOT / "configs").as_posix())
 def test_config_runs_fast_dev_run(config, tmp_path):
+    if "GPT2CharLM" in config.read_text():
+        pytest.importorskip("transformers")
     cli = build_cli(["fit", *_local_args(config, tmp_path), "--trainer.fast_dev_run=1"])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     swapped = [m for m in cli.model.modules() if isinstance(m, CAReLU)]

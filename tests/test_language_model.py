@@ -245,3 +245,26 @@ def test_a_corpus_file_of_ones_own(tmp_path):
     x, y = next(iter(module.train_dataloader()))
     assert x.shape == y.shape == (2, 8) and torch.equal(x[:, 1:], y[:, :-1])
     assert F.one_hot(x, module.vocab_size).shape[-1] == module.vocab_size
+
+
+def test_the_hugging_face_gpt2_is_causal_and_swapped_per_token():
+    pytest.importorskip("transformers")
+    from caer_lightning.models import GPT2CharLM
+
+    torch.manual_seed(0)
+    model = GPT2CharLM(vocab_size=82, context=64, d_model=32, n_layers=2, n_heads=2).eval()
+    names = swap_activations(model, targets=(torch.nn.GELU,),
+                             factory=lambda old: CAReLU(reduction="token", alpha_init=1.0))
+    assert names == ["net.transformer.h.0.mlp.act.act", "net.transformer.h.1.mlp.act.act"]
+    ids = torch.randint(1, 82, (3, 40), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[:, 25] = (ids[:, 25] % 81) + 1
+    with torch.no_grad():
+        before, after = model(ids), model(changed)
+    assert before.shape == (3, 40, 82)
+    assert torch.allclose(before[:, :25], after[:, :25], atol=1e-6)
+    assert not torch.allclose(before[:, 25:], after[:, 25:])
+    with pytest.raises(ValueError, match=r"activation='swish2' is not supported; accepted values: transformers'"):
+        GPT2CharLM(activation="swish2")
+    with pytest.raises(ValueError, match=r"a sequence of 70 characters is longer than the model's context \(64\)"):
+        model(torch.ones(1, 70, dtype=torch.long))
