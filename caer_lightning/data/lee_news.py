@@ -41,9 +41,9 @@ def read_documents(path: str | Path) -> list[str]:
     """The documents of a corpus file with one document a line; empty lines and repeats of an earlier document are
     skipped (lee_background.cor holds 7 articles twice)."""
     documents: dict[str, None] = {}
-    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):  # read_text turns \r\n into \n
         if line.strip():
-            documents.setdefault(line.rstrip("\r"))
+            documents.setdefault(line)
     return list(documents)
 
 
