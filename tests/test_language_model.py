@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 
 from caer_lightning import CAReLU, CAReLUCallback, swap_activations
+from caer_lightning.ab import choose_metric
 from caer_lightning.data import LeeNewsDataModule
 from caer_lightning.data import lee_news
 from caer_lightning.data.lee_news import (SHARED_PASSAGE, CharVocabulary, EvaluationWindows, TrainingWindows,
@@ -199,6 +200,11 @@ def test_a_short_run_through_the_callback_learns(tmp_path):
     assert any(float(m.beta.detach()) != pytest.approx(math.atanh(0.5)) for m in layers)  # α, β trained
     uniform = math.log2(data.vocab_size)  # 6.36 bits: a model that learned nothing
     assert float(trainer.callback_metrics["val_bpc"]) < uniform - 2.0
+    trainer.save_checkpoint(tmp_path / "lm.ckpt")
+    loaded = CharTransformerLM.load_from_checkpoint(tmp_path / "lm.ckpt").eval()  # rebuilds the swap
+    ids = torch.randint(1, 82, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model.eval()(ids))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -281,4 +287,6 @@ def test_the_lm_configs_compete_per_token_and_keep_the_lowest_bpc(name):
     assert callbacks["CAReLUCallback"] == {"targets": ["torch.nn.GELU"], "reduction": "token"}
     assert callbacks["ModelCheckpoint"]["monitor"] == "val_bpc" and callbacks["ModelCheckpoint"]["mode"] == "min"
     assert config["model"]["init_args"]["context"] >= config["data"]["init_args"]["seq_len"]
+    metric = choose_metric(config)  # what `caer ab` compares
+    assert (metric.val, metric.test, metric.mode) == ("val_bpc", "test_bpc", "min")
 
