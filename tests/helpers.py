@@ -103,3 +103,32 @@ def trainer(**kwargs) -> pl.Trainer:
         enable_model_summary=False, max_epochs=1,
     )
     return pl.Trainer(**{**defaults, **kwargs})
+
+
+SNLI_SAMPLE = [  # (sentence1, sentence2, gold_label): SNLI-like pairs; "-" marks a pair without consensus
+    ("A man is playing a guitar on stage.", "A man is performing music.", "entailment"),
+    ("A man is playing a guitar on stage.", "The man is asleep in bed.", "contradiction"),
+    ("A man is playing a guitar on stage.", "The man is a famous singer.", "neutral"),
+    ("Two dogs run across a snowy field.", "Animals are outside.", "entailment"),
+    ("Two dogs run across a snowy field.", "Two cats sleep on a sofa.", "contradiction"),
+    ("Two dogs run across a snowy field.", "The dogs are chasing a ball.", "neutral"),
+    ("A woman reads a book in the park.", "Someone is reading.", "entailment"),
+    ("A woman reads a book in the park.", "A woman is swimming.", "-"),
+]
+
+
+def write_snli_sample(folder, copies: int = 1):
+    """Write snli_1.0_{train,dev,test}.jsonl in the official release's format (the fields the data module reads, and
+    some it does not) from SNLI_SAMPLE repeated `copies` times; returns the folder."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "dev", "test"):
+        with open(folder / f"snli_1.0_{name}.jsonl", "w", encoding="utf-8") as out:
+            for index, (premise, hypothesis, label) in enumerate(SNLI_SAMPLE * copies):
+                out.write(json.dumps({"annotator_labels": [label], "captionID": f"{index}.jpg#0", "gold_label": label,
+                                      "pairID": f"{index}.jpg#0r1", "sentence1": premise,
+                                      "sentence1_binary_parse": "( ... )", "sentence2": hypothesis}) + "\n")
+    return folder

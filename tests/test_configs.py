@@ -12,18 +12,22 @@ import yaml
 
 from caer_lightning import CAReLU
 from caer_lightning.cli import build_cli
+from helpers import write_snli_sample
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 ROOT = Path(__file__).parents[1]
 
 
 def _local_args(config: Path, tmp_path: Path) -> list[str]:
-    """Keep runs inside tmp_path; configs that need CIFAR-100 get the embedded digits at 32×32 RGB instead."""
+    """Keep runs inside tmp_path; configs that need CIFAR-100 get the embedded digits at 32×32 RGB instead, and
+    those that need SNLI a few pairs in its release's format."""
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
     if "CIFAR100DataModule" in config.read_text():
         args += ["--data=caer_lightning.data.DigitsDataModule", "--data.batch_size=4", "--data.image_size=32",
                  "--data.channels=3", "--data.num_workers=0"]  # the CIFAR configs' 4 workers: more than CI's cores
+    if "SNLIDataModule" in config.read_text():
+        args += [f"--data.data_dir={write_snli_sample(tmp_path / 'snli')}", "--data.batch_size=4"]
     return args
 
 
@@ -36,6 +40,8 @@ def test_configs_are_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.relative_to(ROOT / "configs").as_posix())
 def test_config_runs_fast_dev_run(config, tmp_path):
+    if "GPT2CharLM" in config.read_text():
+        pytest.importorskip("transformers")
     cli = build_cli(["fit", *_local_args(config, tmp_path), "--trainer.fast_dev_run=1"])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     swapped = [m for m in cli.model.modules() if isinstance(m, CAReLU)]
@@ -59,9 +65,11 @@ def test_resnet18_configs_differ_only_in_the_callback():
     assert carelu["trainer"]["max_epochs"] == 200 and carelu["data"]["init_args"]["batch_size"] == 128
 
 
-@pytest.mark.parametrize("name", ["cifar100/resnet18", "sr/espcn_x2", "mnist1d/cnn"])
-def test_baseline_configs_differ_only_in_the_callback(name):
-    carelu, relu = (yaml.safe_load((ROOT / f"configs/{name}_{arm}.yaml").read_text()) for arm in ("carelu", "relu"))
+@pytest.mark.parametrize("name, baseline", [("cifar100/resnet18", "relu"), ("sr/espcn_x2", "relu"),
+                                            ("mnist1d/cnn", "relu"), ("lm/char_transformer", "gelu"),
+                                            ("snli/bilstm", "relu")])
+def test_baseline_configs_differ_only_in_the_callback(name, baseline):
+    carelu, relu = (yaml.safe_load((ROOT / f"configs/{name}_{arm}.yaml").read_text()) for arm in ("carelu", baseline))
     callbacks = carelu["trainer"].pop("callbacks")
     assert [c for c in callbacks if c["class_path"] != "caer_lightning.CAReLUCallback"] == relu["trainer"].pop("callbacks")
     assert carelu == relu
