@@ -50,8 +50,8 @@ class GPT2CharLM(CharLanguageModel):
             from transformers import GPT2Config, GPT2LMHeadModel
             from transformers.activations import ACT2FN
         except ImportError as error:
-            raise ModuleNotFoundError("GPT2CharLM needs the `transformers` package: pip install transformers") \
-                from error
+            message = "GPT2CharLM needs the `transformers` package: pip install transformers"
+            raise ModuleNotFoundError(message) from error
         if activation not in ACT2FN:
             raise ValueError(f"activation={activation!r} is not supported; accepted values: transformers' "
                              f"activation names ({', '.join(sorted(ACT2FN))})")
