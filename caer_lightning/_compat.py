@@ -89,11 +89,25 @@ REACHES: dict[str, Reach] = {
             "triton", (3, 3), "3.3-3.8",
             "tests only: compiling the kernels ahead of time for sm_80/sm_90 exactly as the JIT would at launch",
         ),
+        Reach(
+            "autograd nodes' saved values: _saved_input, _saved_weight, _saved_result1, _saved_result2, "
+            "_saved_running_mean, _saved_running_var, _saved_eps/_saved_epsilon of NativeBatchNormBackward0, "
+            "CudnnBatchNormBackward0 and MiopenBatchNormBackward0; _saved_alpha of AddBackward0; _saved_result of "
+            "ReluBackward0; AccumulateGrad.variable; Tensor._version; any node's _saved_* (counting what autograd keeps, "
+            "benchmarks/activation_memory.py)", "torch", (2, 0), "2.7-2.14",
+            "recomputing a CAReLU's input in backward from what the BatchNorm, residual sum or activation before it "
+            "keeps (without it each CAReLU keeps its input too: 1.37x ReLU's saved bytes on ResNet-18)",
+        ),
+        Reach(
+            "torch._C._autograd._top_saved_tensors_default_hooks", "torch", (2, 8), "2.14",
+            "telling whether saved-tensor hooks (torch.utils.checkpoint, save_on_cpu) are in effect, under which "
+            "CAReLU keeps its input rather than unpack values those hooks hold (before torch 2.8 it always keeps it)",
+        ),
     )
 }
 
 SPAWN_RECOVERY, SWA_COPY, EMA_COPY, LAST_LR, CHILD_SCHEDULERS, SCHEDULER_LISTS, TRANSFORMER_FAST_PATH, \
-    MODULE_CALL, SHARDED, TRITON_JIT = REACHES
+    MODULE_CALL, SHARDED, TRITON_JIT, AUTOGRAD_SAVED, SAVED_TENSOR_HOOKS = REACHES
 
 
 def installed_version(package: str) -> tuple[int, ...]:
@@ -333,6 +347,119 @@ def sharded_modules(model: nn.Module) -> list[str]:
     if types is None:
         return []
     return [name for name, module in model.named_modules() if isinstance(module, types[1])]
+
+
+# --- torch: autograd nodes (recomputing CAReLU's input) ---------------------------------------------------------
+
+# Batch-norm backward nodes and the name of their eps: result1 is the batch mean and result2 the inverse standard
+# deviation 1/sqrt(var + eps) (native: save_invstd; cuDNN and MIOpen: "save_var", their saved inverse variance);
+# both are empty when the layer normalised with its running statistics.
+BATCH_NORM_NODES = {
+    "NativeBatchNormBackward0": "_saved_eps",
+    "CudnnBatchNormBackward0": "_saved_epsilon",
+    "MiopenBatchNormBackward0": "_saved_epsilon",
+}
+_BATCH_NORM_SAVED = ("_saved_input", "_saved_weight", "_saved_result1", "_saved_result2", "_saved_running_mean",
+                     "_saved_running_var")
+_NODE_ATTRIBUTES: dict[type, bool] = {}  # node type -> whether it has the attributes read from it
+
+
+@dataclass(frozen=True)
+class BatchNormSaved:
+    """What a batch-norm node keeps for its own backward."""
+
+    input: torch.Tensor
+    weight: torch.Tensor | None
+    mean: torch.Tensor  # empty when normalised with the running statistics
+    invstd: torch.Tensor
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    eps: float
+
+
+def node_has_saved(node: Any) -> bool:
+    """Whether `node` (a batch-norm, add or ReLU node) has the saved-value attributes read from it here. Asked
+    in forward: looks at the names only (reading a value would unpack it). Missing ones warn once: that input is
+    kept for backward instead (nothing else is lost)."""
+    kind = type(node)
+    if kind not in _NODE_ATTRIBUTES:
+        name = node.name()
+        wanted = {"AddBackward0": ("_saved_alpha",), "ReluBackward0": ("_saved_result",)}.get(
+            name, (*_BATCH_NORM_SAVED, BATCH_NORM_NODES.get(name, "")))
+        names = set(dir(node))
+        absent = [attribute for attribute in wanted if attribute not in names]
+        _NODE_ATTRIBUTES[kind] = not absent
+        if absent:
+            from caer_lightning.rank_zero import rank_zero_warn
+
+            rank_zero_warn(str(missing(AUTOGRAD_SAVED, f"{name} has no {', '.join(absent)}")))
+    return _NODE_ATTRIBUTES[kind]
+
+
+def saved_tensor_hooks_active() -> bool | None:
+    """Whether saved-tensor hooks are in effect here (None before torch 2.8, which cannot tell). A torch from 2.8
+    on without the query warns once (MissingPrivateAPI's message) and answers None."""
+    if not supported(SAVED_TENSOR_HOOKS):
+        return None
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        if SAVED_TENSOR_HOOKS not in _WARNED:
+            _WARNED.add(SAVED_TENSOR_HOOKS)
+            from caer_lightning.rank_zero import rank_zero_warn
+
+            rank_zero_warn(str(missing(SAVED_TENSOR_HOOKS)))
+        return None
+    return top(False) is not None
+
+
+_WARNED: set[str] = set()
+
+
+def batch_norm_saved(node: Any) -> BatchNormSaved:
+    """The values a batch-norm node (one of BATCH_NORM_NODES) keeps. Read in backward only."""
+    return BatchNormSaved(
+        node._saved_input, node._saved_weight, node._saved_result1, node._saved_result2, node._saved_running_mean,
+        node._saved_running_var, float(getattr(node, BATCH_NORM_NODES[node.name()])),
+    )
+
+
+def add_alpha(node: Any) -> Any:
+    """The `alpha` of an AddBackward0 node (a + alpha·b)."""
+    return node._saved_alpha
+
+
+def relu_result(node: Any) -> torch.Tensor:
+    """The output a ReluBackward0 node keeps. Read in backward only."""
+    return node._saved_result
+
+
+def kept_for_backward(output: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor the autograd graph behind `output` keeps for backward: the `_saved_*` values of its nodes and
+    the saved tensors of custom Function nodes (such as CAReLU's op). For measuring memory, not for training."""
+    kept, seen, stack = [], set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        values = list(node.saved_tensors) if hasattr(node, "saved_tensors") else []
+        values += [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+        for value in values:
+            kept += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, torch.Tensor)]
+        stack += [child for child, _ in node.next_functions]
+    return kept
+
+
+def version(tensor: torch.Tensor) -> int:
+    """How many times `tensor` was modified in place (autograd's version counter)."""
+    return tensor._version
+
+
+def leaf_variable(edge_node: Any) -> torch.Tensor | None:
+    """The tensor an AccumulateGrad node accumulates into (a leaf: a parameter), None for any other node."""
+    if edge_node is None or edge_node.name() != "torch::autograd::AccumulateGrad":
+        return None
+    return edge_node.variable
 
 
 # --- Triton (tests only) ----------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ TORCH = ".".join(map(str, _compat.installed_version("torch")))
 def test_every_reach_is_named_in_this_file():
     source = Path(__file__).read_text()
     for constant, name in zip(("SPAWN_RECOVERY", "SWA_COPY", "EMA_COPY", "LAST_LR", "CHILD_SCHEDULERS",
-                               "SCHEDULER_LISTS", "TRANSFORMER_FAST_PATH", "MODULE_CALL", "SHARDED", "TRITON_JIT"),
+                               "SCHEDULER_LISTS", "TRANSFORMER_FAST_PATH", "MODULE_CALL", "SHARDED", "TRITON_JIT",
+                               "AUTOGRAD_SAVED", "SAVED_TENSOR_HOOKS"),
                               _compat.REACHES):
         assert getattr(_compat, constant) == name
         assert f"_compat.{constant}" in source.replace("test_every_reach_is_named_in_this_file", ""), name
@@ -207,3 +208,59 @@ def test_triton_jit_internals_missing_is_named():
 
     with pytest.raises(_compat.MissingPrivateAPI, match="triton .* has no .*create_function_from_signature"):
         _compat.compile_launch_for_gpu(Kernel(), (), {}, 90)
+
+
+# _compat.AUTOGRAD_SAVED (the rebuild it serves: tests/test_recompute.py)
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_node_keeps_input_statistics_and_weight_as_read(train):
+    bn = nn.BatchNorm2d(3).train(train)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+    u = torch.randn(4, 3, 5, 5, requires_grad=True)
+    running_var = bn.running_var.clone()
+    node = bn(u).grad_fn
+    assert node.name() in _compat.BATCH_NORM_NODES and _compat.node_has_saved(node)
+    saved = _compat.batch_norm_saved(node)
+    assert saved.input is u or torch.equal(saved.input, u)
+    assert torch.equal(saved.weight, bn.weight) and saved.eps == bn.eps
+    if train:  # batch mean and inverse std, recomputed here
+        torch.testing.assert_close(saved.mean, u.detach().mean((0, 2, 3)))
+        torch.testing.assert_close(saved.invstd, torch.rsqrt(u.detach().var((0, 2, 3), unbiased=False) + bn.eps))
+    else:
+        assert saved.mean.numel() == 0 and torch.equal(saved.running_var, running_var)
+    assert _compat.leaf_variable(node.next_functions[2][0]) is bn.bias
+    assert _compat.leaf_variable(node.next_functions[0][0]) is u  # u is a leaf too
+    assert _compat.leaf_variable(node) is None and _compat.leaf_variable(None) is None  # not an AccumulateGrad
+    before = _compat.version(bn.bias)
+    with torch.no_grad():
+        bn.bias.add_(1.0)
+    assert _compat.version(bn.bias) == before + 1
+
+
+def test_add_and_relu_nodes_keep_alpha_and_result():
+    a, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    assert _compat.add_alpha(torch.add(a, b, alpha=2).grad_fn) == 2
+    out = torch.relu(a)
+    assert torch.equal(_compat.relu_result(out.grad_fn), out)
+    assert [t.data_ptr() for t in _compat.kept_for_backward(out)] == [out.data_ptr()]
+
+
+def test_a_node_without_the_attributes_read_warns_and_is_not_used():
+    class NodeOfAnotherTorch:  # a batch-norm node that keeps its values under other names
+        def name(self):
+            return "NativeBatchNormBackward0"
+
+    with pytest.warns(UserWarning, match=f"torch {TORCH} has no .*NativeBatchNormBackward0 has no _saved_input"):
+        assert not _compat.node_has_saved(NodeOfAnotherTorch())
+
+
+# _compat.SAVED_TENSOR_HOOKS
+def test_saved_tensor_hooks_in_effect_are_seen():
+    if not _compat.supported(_compat.SAVED_TENSOR_HOOKS):
+        assert _compat.saved_tensor_hooks_active() is None
+        return
+    assert _compat.saved_tensor_hooks_active() is False
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        assert _compat.saved_tensor_hooks_active() is True
+    with torch.autograd.graph.save_on_cpu():
+        assert _compat.saved_tensor_hooks_active() is True

@@ -16,7 +16,7 @@ from torch import Tensor
 from caer_lightning.ops.common import accumulation_dtype, channel_view
 
 
-def _competition(z: Tensor, variant: str, dims: list[int], eps: float, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+def competition(z: Tensor, variant: str, dims: list[int], eps: float, acc: torch.dtype) -> tuple[Tensor, Tensor]:
     """p per group and its normaliser (Σz²+eps, Σ|z|+eps, or the group size), both in `acc`, keepdim."""
     if variant == "energy":
         # vector_norm casts to `acc` before squaring, so half inputs cannot overflow.
@@ -46,7 +46,7 @@ def forward_eager(
     """(ReLU(s·z), p, tanh(αp+β), normaliser); the last three per group (tanh per (group, channel) with
     `channel_dim`), keepdim, in the accumulation dtype."""
     acc = accumulation_dtype(z.dtype)
-    p, normaliser = _competition(z, variant, dims, eps, acc)
+    p, normaliser = competition(z, variant, dims, eps, acc)
     tanh = scale_tanh(p, alpha, beta, z.dim(), channel_dim)
     out = torch.mul(z, K * tanh).relu_().to(z.dtype)
     return out, p, tanh, normaliser

@@ -2,7 +2,8 @@
 
 Registering it with torch.library lets torch.compile(fullgraph=True) trace models that contain CAReLU without
 graph breaks, and lets one autograd formula serve every implementation (`impl`: "eager" or "triton").
-Backward saves only the input and per-group scalars. A backward that must itself be differentiable
+Backward keeps the output (as ReLU does: the next layer keeps it too), per-group scalars, and the input only where it
+cannot be rebuilt from what the BatchNorm, residual sum or activation before keeps (`recompute.py`). A backward that must itself be differentiable
 (`create_graph=True`: gradient penalties such as WGAN-GP or R1) runs through the plain-op reference instead.
 Per-channel α, β (`channel_dim` given: params="channel") run on the eager ops whatever `impl` says: the Triton
 kernels take one α, β per layer (`functional.resolve_impl` never picks them for such inputs). Their backward
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from caer_lightning.ops.common import accumulation_dtype
 from caer_lightning.ops.eager import backward_eager, backward_eager_channel, forward_eager, scale_tanh
+from caer_lightning.ops.recompute import input_recipe, rebuild, verify_once
 from caer_lightning.ops.reference import carelu_reference
 from caer_lightning.ops.triton import backward_triton, forward_triton
 
@@ -62,19 +64,30 @@ def _carelu_backward_fake(grad, z, p, tanh, normaliser, alpha, K, variant, dims,
 
 def _setup_context(ctx, inputs, output):
     z, alpha, beta, K, variant, dims, eps, impl, channel_dim = inputs
-    _, p, tanh, normaliser = output
-    ctx.save_for_backward(z, p, tanh if channel_dim is None else None, normaliser, alpha, beta)
+    out, p, tanh, normaliser = output
+    # z only where backward cannot rebuild it from what the layers before keep (recompute.py); the output as ReLU
+    # does, which the next layer keeps too, and which a later CAReLU's rebuild reads through `caer_keeps_output`.
+    ctx.recipe = input_recipe(z)
+    ctx.input_meta = (z.shape, z.dtype)
+    ctx.caer_keeps_output = True
+    ctx.save_for_backward(
+        out, z if ctx.recipe is None else None, p, tanh if channel_dim is None else None, normaliser, alpha, beta
+    )
     ctx.config = (K, variant, dims, impl, eps, channel_dim)
     ctx.set_materialize_grads(False)  # p, tanh, normaliser get no gradient: autograd need not make zeros
 
 
 def _backward(ctx, grad_out, _grad_p, _grad_tanh, _grad_normaliser):
-    z, p, tanh, normaliser, alpha, beta = ctx.saved_tensors
+    _, z, p, tanh, normaliser, alpha, beta = ctx.saved_tensors
     K, variant, dims, impl, eps, channel_dim = ctx.config
     none = (None,) * 6  # K, variant, dims, eps, impl, channel_dim
     if grad_out is None:
         return None, None, None, *none
-    if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+    differentiable = torch.is_grad_enabled()  # create_graph=True: the gradient itself must be differentiable
+    if ctx.recipe is not None:
+        z = rebuild(ctx.recipe, *ctx.input_meta, differentiable)
+        verify_once(ctx.recipe, z.detach(), variant, dims, eps, p, normaliser)
+    if differentiable:
         grad_z, grad_alpha, grad_beta = _differentiable_backward(ctx, grad_out, z, alpha, beta)
         return grad_z, grad_alpha, grad_beta, *none
     if channel_dim is not None:  # not kept by forward (see the module docstring): the same ops again
