@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "ops": (["caer_lightning/ops/*", "caer_lightning/functional.py"],
             ["tests/test_functional.py", "tests/test_triton.py", "tests/test_ops_edges.py", "tests/test_recompute.py"]),
-    "recompute": (["caer_lightning/ops/recompute.py", "caer_lightning/ops/op.py"],
-                  ["tests/test_recompute.py", "tests/test_functional.py"]),
+    "recompute": (["caer_lightning/ops/recompute.py"], ["tests/test_recompute.py"]),
     "module": (["caer_lightning/activation.py", "caer_lightning/statistics.py"],
                ["tests/test_module_and_swap.py", "tests/test_export.py", "tests/test_dashboard.py"]),
     "swap": (["caer_lightning/swap.py", "caer_lightning/callsites/*"],

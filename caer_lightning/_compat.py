@@ -9,6 +9,7 @@ core (ops, functional, module, swap) can use this module with torch alone.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -366,14 +367,12 @@ _NODE_ATTRIBUTES: dict[type, bool] = {}  # node type -> whether it has the attri
 
 @dataclass(frozen=True)
 class BatchNormSaved:
-    """What a batch-norm node keeps for its own backward."""
+    """What a batch-norm node keeps for its own backward (the running statistics: `batch_norm_running`)."""
 
     input: torch.Tensor
     weight: torch.Tensor | None
     mean: torch.Tensor  # empty when normalised with the running statistics
     invstd: torch.Tensor
-    running_mean: torch.Tensor | None
-    running_var: torch.Tensor | None
     eps: float
 
 
@@ -399,28 +398,34 @@ def node_has_saved(node: Any) -> bool:
 def saved_tensor_hooks_active() -> bool | None:
     """Whether saved-tensor hooks are in effect here (None before torch 2.8, which cannot tell). A torch from 2.8
     on without the query warns once (MissingPrivateAPI's message) and answers None."""
+    query = _hook_query()
+    return None if query is None else query(False) is not None
+
+
+_AUTOGRAD = torch._C._autograd
+
+
+@functools.cache
+def _hook_query() -> Any:
     if not supported(SAVED_TENSOR_HOOKS):
         return None
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    if top is None:
-        if SAVED_TENSOR_HOOKS not in _WARNED:
-            _WARNED.add(SAVED_TENSOR_HOOKS)
-            from caer_lightning.rank_zero import rank_zero_warn
+    query = getattr(_AUTOGRAD, "_top_saved_tensors_default_hooks", None)
+    if query is None:
+        from caer_lightning.rank_zero import rank_zero_warn
 
-            rank_zero_warn(str(missing(SAVED_TENSOR_HOOKS)))
-        return None
-    return top(False) is not None
-
-
-_WARNED: set[str] = set()
+        rank_zero_warn(str(missing(SAVED_TENSOR_HOOKS)))
+    return query
 
 
 def batch_norm_saved(node: Any) -> BatchNormSaved:
     """The values a batch-norm node (one of BATCH_NORM_NODES) keeps. Read in backward only."""
-    return BatchNormSaved(
-        node._saved_input, node._saved_weight, node._saved_result1, node._saved_result2, node._saved_running_mean,
-        node._saved_running_var, float(getattr(node, BATCH_NORM_NODES[node.name()])),
-    )
+    return BatchNormSaved(node._saved_input, node._saved_weight, node._saved_result1, node._saved_result2,
+                          float(getattr(node, BATCH_NORM_NODES[node.name()])))
+
+
+def batch_norm_running(node: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running mean, running variance) a batch-norm node keeps (what it normalised with in eval mode)."""
+    return node._saved_running_mean, node._saved_running_var
 
 
 def add_alpha(node: Any) -> Any:

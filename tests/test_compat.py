@@ -227,7 +227,7 @@ def test_batch_norm_node_keeps_input_statistics_and_weight_as_read(train):
         torch.testing.assert_close(saved.mean, u.detach().mean((0, 2, 3)))
         torch.testing.assert_close(saved.invstd, torch.rsqrt(u.detach().var((0, 2, 3), unbiased=False) + bn.eps))
     else:
-        assert saved.mean.numel() == 0 and torch.equal(saved.running_var, running_var)
+        assert saved.mean.numel() == 0 and torch.equal(_compat.batch_norm_running(node)[1], running_var)
     assert _compat.leaf_variable(node.next_functions[2][0]) is bn.bias
     assert _compat.leaf_variable(node.next_functions[0][0]) is u  # u is a leaf too
     assert _compat.leaf_variable(node) is None and _compat.leaf_variable(None) is None  # not an AccumulateGrad
@@ -264,3 +264,16 @@ def test_saved_tensor_hooks_in_effect_are_seen():
         assert _compat.saved_tensor_hooks_active() is True
     with torch.autograd.graph.save_on_cpu():
         assert _compat.saved_tensor_hooks_active() is True
+
+
+def test_a_torch_from_2_8_without_the_hook_query_warns_and_keeps_inputs(monkeypatch):
+    import types
+
+    monkeypatch.setattr(_compat, "_AUTOGRAD", types.SimpleNamespace())
+    monkeypatch.setattr(_compat, "installed_version", lambda package: (2, 8, 0))
+    _compat._hook_query.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="torch 2.8.0 has no torch._C._autograd._top_saved_tensors_default_hooks"):
+            assert _compat.saved_tensor_hooks_active() is None
+    finally:
+        _compat._hook_query.cache_clear()

@@ -300,3 +300,49 @@ def test_model_parallel_strategy_swaps_before_sharding_or_says_how(tmp_path):
         assert torch.equal(rank["resumed_alpha"], rank["alpha"]) and torch.equal(rank["resumed_beta"], rank["beta"])
     logged = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "carelu/net.1.1/alpha" in logged and "carelu/net.0.1/energy_ratio" in logged
+
+
+# --- BatchNorm before CAReLU on a sharded model: the input rebuilt in backward from what the sharded BN keeps ---
+
+
+def bn_swapped(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)),
+    )
+    swap_activations(model)
+    with torch.no_grad():
+        for module in layers(model).values():
+            module.alpha.fill_(0.9), module.beta.fill_(-0.6)
+    return model
+
+
+def bn_gradients(rank: int) -> dict:
+    """One step's full gradients of the sharded BN model, with the input rebuilt and with it kept."""
+    x, y = batches()[0]
+    x, y = x[rank * BATCH : (rank + 1) * BATCH], y[rank * BATCH : (rank + 1) * BATCH]
+    result = {}
+    for mode in ("1", "0"):
+        os.environ["CAER_RECOMPUTE"] = mode
+        model = shard(bn_swapped())
+        recipes = []
+        for module in layers(model).values():
+            module.register_forward_hook(lambda m, i, out: recipes.append(out.grad_fn.recipe is not None))
+        F.cross_entropy(model(x), y).backward()
+        result[mode] = {"recipes": recipes, "grads": {n: _compat.full_value(p.grad).clone()
+                                                      for n, p in model.named_parameters()}}
+    return result
+
+
+@SPAWN_TEARDOWN_RERUN
+@pytest.mark.slow
+@pytest.mark.skipif(_compat.saved_tensor_hooks_active() is None, reason="before torch 2.8 CAReLU keeps its input")
+def test_sharded_batch_norm_input_rebuilt_gives_the_kept_input_gradients(tmp_path):
+    for rank in spawn(tmp_path, "bn_gradients"):
+        assert rank["1"]["recipes"] == [True, True] and rank["0"]["recipes"] == [False, False]
+        assert rank["1"]["grads"].keys() == rank["0"]["grads"].keys()
+        for name, value in rank["0"]["grads"].items():
+            torch.testing.assert_close(rank["1"]["grads"][name], value, msg=name)
+        assert rank["1"]["grads"]["0.2.alpha"].abs().sum() > 0

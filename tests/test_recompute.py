@@ -199,7 +199,7 @@ def test_second_derivatives_flow_through_the_rebuilt_input(source):
     assert torch.autograd.gradgradcheck(fn, _float64_inputs(1))
 
 
-@pytest.mark.parametrize("case", ["frozen bias", "modified without autograd", "linear", "switched off"])
+@pytest.mark.parametrize("case", ["frozen bias", "modified without autograd", "linear", "switched off", "scaled sum"])
 def test_input_is_kept_where_it_cannot_be_rebuilt(case, monkeypatch):
     torch.manual_seed(0)
     bn, act = nn.BatchNorm2d(4), CAReLU()
@@ -209,6 +209,8 @@ def test_input_is_kept_where_it_cannot_be_rebuilt(case, monkeypatch):
     if case == "switched off":
         monkeypatch.setenv(ENVIRONMENT_VARIABLE, "0")
     z = nn.Linear(3, 3)(u) if case == "linear" else bn(u)
+    if case == "scaled sum":  # a + 2·b: only a + b is rebuilt
+        z = torch.add(z, torch.relu(u), alpha=2.0)
     if case == "modified without autograd":  # the BN node's values would rebuild z as it was before this
         with torch.no_grad():
             z.mul_(-3.0)
@@ -266,3 +268,22 @@ def test_verified_once_per_kind_of_recipe():
     for _ in range(2):
         CAReLU()(bn(torch.randn(2, 4, 3, 3, requires_grad=True))).sum().backward()
     assert recompute.VERIFIED == {(("batch_norm", "NativeBatchNormBackward0"), "cpu", torch.float32)}
+
+
+def test_a_batch_norm_run_twice_before_one_backward():
+    # two forwards through the same layers (a siamese pair, gradient accumulation within one graph): each rebuild
+    # reads its own forward's values although the running statistics moved in between
+    torch.manual_seed(0)
+    bn, act = nn.BatchNorm2d(4), CAReLU()
+    _spread_scales(nn.Sequential(act))
+    reference_bn, reference_act = copy.deepcopy(bn), copy.deepcopy(act)
+    reference_act.impl = "reference"
+    inputs = [torch.randn(2, 4, 3, 3) for _ in range(2)]
+    grads = []
+    for layer_bn, layer_act in ((bn, act), (reference_bn, reference_act)):
+        first, second = (layer_act(layer_bn(x)) for x in inputs)
+        (first.sum() + second.square().sum()).backward()
+        grads.append((layer_bn.weight.grad, layer_bn.bias.grad, layer_act.alpha.grad))
+    assert first is not None and act(bn(inputs[0])).grad_fn.recipe is not None
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected)

@@ -68,14 +68,19 @@ def group_coefficient(
 
 def backward_eager(
     grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float,
-    variant: str, dims: list[int],
+    variant: str, dims: list[int], out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector) from the saved input and per-group scalars."""
+    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector) from the input and per-group scalars (and forward's output
+    `out`, if given, for the mask)."""
     acc = p.dtype
     s = K * tanh
     # g·m with m = [s·z > 0]: the side that won the competition, which ReLU(s·z) passes. (Products with a 0/1
     # mask and addcmul_ with per-group factors: torch.where with broadcast operands is far slower on CPU.)
-    g_winner = grad.to(acc) * torch.mul(z, s).gt_(0)
+    if out is not None and out.dtype == acc and grad.dtype == acc:
+        # out = ReLU(s·z) computed in `acc`, so out > 0 exactly where s·z > 0: ReLU's own backward, one pass
+        g_winner = torch.ops.aten.threshold_backward(grad, out, 0)
+    else:
+        g_winner = grad.to(acc) * torch.mul(z, s).gt_(0)
     G = torch.sum(g_winner * z, dims, keepdim=True, dtype=acc)
     du, c = group_coefficient(G, p, tanh, normaliser, alpha, K, variant)
     grad_z = g_winner.mul_(s)

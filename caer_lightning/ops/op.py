@@ -50,15 +50,19 @@ def carelu_backward_op(
     grad: Tensor, z: Tensor, p: Tensor, tanh: Tensor, normaliser: Tensor, alpha: Tensor, K: float, variant: str,
     dims: List[int], impl: str,  # noqa: UP006 - torch 2.6's schema inference takes typing.List, not list
     channel_dim: Optional[int] = None,  # noqa: UP007
+    out: Optional[Tensor] = None,  # noqa: UP007
 ) -> tuple[Tensor, Tensor]:
-    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector in the accumulation dtype, or a (2, C) tensor for per-channel α, β)."""
+    """(dL/dz, (dL/dα, dL/dβ) as one 2-vector in the accumulation dtype, or a (2, C) tensor for per-channel α, β).
+    `out`, forward's output, lets the eager path take the winners' mask from it (one pass instead of three)."""
     if channel_dim is not None:
         return backward_eager_channel(grad, z, p, tanh, normaliser, alpha, K, variant, dims, channel_dim)
+    if impl == "eager":
+        return backward_eager(grad, z, p, tanh, normaliser, alpha, K, variant, dims, out)
     return _BACKWARD[impl](grad, z, p, tanh, normaliser, alpha, K, variant, dims)
 
 
 @carelu_backward_op.register_fake
-def _carelu_backward_fake(grad, z, p, tanh, normaliser, alpha, K, variant, dims, impl, channel_dim=None):
+def _carelu_backward_fake(grad, z, p, tanh, normaliser, alpha, K, variant, dims, impl, channel_dim=None, out=None):
     return torch.empty_like(z), p.new_empty(2 if channel_dim is None else (2, alpha.shape[0]))
 
 
@@ -78,7 +82,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, _grad_p, _grad_tanh, _grad_normaliser):
-    _, z, p, tanh, normaliser, alpha, beta = ctx.saved_tensors
+    out, z, p, tanh, normaliser, alpha, beta = ctx.saved_tensors
     K, variant, dims, impl, eps, channel_dim = ctx.config
     none = (None,) * 6  # K, variant, dims, eps, impl, channel_dim
     if grad_out is None:
@@ -93,7 +97,7 @@ def _backward(ctx, grad_out, _grad_p, _grad_tanh, _grad_normaliser):
     if channel_dim is not None:  # not kept by forward (see the module docstring): the same ops again
         tanh = scale_tanh(p, alpha, beta, z.dim(), channel_dim)
     grad_z, grad_alpha_beta = carelu_backward_op(
-        grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl, channel_dim
+        grad_out, z, p, tanh, normaliser, alpha, K, variant, dims, impl, channel_dim, out
     )
     # as α, β came: shape (1,) from CAReLU, 0-d or (1,) from users of `carelu`, (C,) per channel
     grad_alpha = grad_alpha_beta[0].to(alpha.dtype).reshape(alpha.shape)

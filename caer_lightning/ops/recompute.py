@@ -58,20 +58,20 @@ class BatchNormOutput:
             )
         saved = _compat.batch_norm_saved(self.node)
         batch_statistics = saved.mean.numel() > 0
+        running_mean, running_var = (None, None) if batch_statistics else _compat.batch_norm_running(self.node)
         if differentiable:  # the same function of u, γ, β, so that a second backward flows through it
-            return F.batch_norm(
-                saved.input, None if batch_statistics else saved.running_mean,
-                None if batch_statistics else saved.running_var, saved.weight, self.bias, batch_statistics, 0.0,
-                saved.eps,
-            )
+            return F.batch_norm(saved.input, running_mean, running_var, saved.weight, self.bias, batch_statistics,
+                                0.0, saved.eps)
         if batch_statistics:
             mean, invstd = saved.mean, saved.invstd
         else:
-            mean, invstd = saved.running_mean, torch.rsqrt(saved.running_var.float() + saved.eps)
-        scale = invstd.float() if saved.weight is None else invstd.float() * saved.weight.float()
-        shift = self.bias.float() - mean.float() * scale
+            mean, invstd = running_mean, torch.rsqrt(running_var.float() + saved.eps)
+        # z = u·scale + shift per channel, scale = invstd·γ, shift = β − mean·scale (as the kernels compute it)
+        scale = invstd if saved.weight is None else invstd * saved.weight
+        shift = torch.addcmul(self.bias, mean, scale, value=-1)
         shape = [1, -1] + [1] * (saved.input.dim() - 2)
-        return torch.addcmul(shift.view(shape), saved.input, scale.view(shape)).to(saved.input.dtype)
+        z = torch.addcmul(shift.view(shape), saved.input, scale.view(shape))
+        return z if z.dtype == saved.input.dtype else z.to(saved.input.dtype)
 
 
 @dataclass
@@ -100,7 +100,12 @@ class Sum:
         return ("sum", self.first.signature(), self.second.signature())
 
     def build(self, differentiable: bool) -> Tensor:
-        return self.first.build(differentiable) + self.second.build(differentiable)
+        first, second = self.first.build(differentiable), self.second.build(differentiable)
+        # in place where the first addend is a fresh tensor of the sum's dtype and shape (the common residual case)
+        if not differentiable and isinstance(self.first, BatchNormOutput) and torch.result_type(first, second) == \
+                first.dtype and first.shape == torch.broadcast_shapes(first.shape, second.shape):
+            return first.add_(second)
+        return first + second
 
 
 Recipe = Union[BatchNormOutput, SavedOutput, Sum]
