@@ -5,8 +5,8 @@
 
 For each model and dtype (float32, and bfloat16 under autocast as `precision="bf16-mixed"` runs it), one forward
 of a training batch, then every tensor its autograd graph keeps for backward, read from the graph's nodes; the
-distinct storages are summed (a tensor kept by two layers, such as an activation's output that the next convolution keeps
-too, counts once). Memory is counted, not timed, so the figures hold on any device. Arms:
+distinct storages are summed (a tensor kept by two layers, such as an activation's output that the next
+convolution keeps too, counts once). Memory is counted, not timed, so the figures hold on any device. Arms:
 
 - ReLU: the model's activations as nn.ReLU (the baseline; the ViT's GELUs are replaced by ReLU for it),
 - the model's own activation, where it is not ReLU (GELU for the ViT),

@@ -94,7 +94,8 @@ REACHES: dict[str, Reach] = {
             "autograd nodes' saved values: _saved_input, _saved_weight, _saved_result1, _saved_result2, "
             "_saved_running_mean, _saved_running_var, _saved_eps/_saved_epsilon of NativeBatchNormBackward0, "
             "CudnnBatchNormBackward0 and MiopenBatchNormBackward0; _saved_alpha of AddBackward0; _saved_result of "
-            "ReluBackward0; AccumulateGrad.variable; Tensor._version; any node's _saved_* (counting what autograd keeps, "
+            "ReluBackward0; AccumulateGrad.variable; Tensor._version; any node's _saved_* (counting what autograd "
+            "keeps, "
             "benchmarks/activation_memory.py)", "torch", (2, 0), "2.7-2.14",
             "recomputing a CAReLU's input in backward from what the BatchNorm, residual sum or activation before it "
             "keeps (without it each CAReLU keeps its input too: 1.37x ReLU's saved bytes on ResNet-18)",

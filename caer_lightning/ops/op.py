@@ -2,9 +2,10 @@
 
 Registering it with torch.library lets torch.compile(fullgraph=True) trace models that contain CAReLU without
 graph breaks, and lets one autograd formula serve every implementation (`impl`: "eager" or "triton").
-Backward keeps the output (as ReLU does: the next layer keeps it too), per-group scalars, and the input only where it
-cannot be rebuilt from what the BatchNorm, residual sum or activation before keeps (`recompute.py`). A backward that must itself be differentiable
-(`create_graph=True`: gradient penalties such as WGAN-GP or R1) runs through the plain-op reference instead.
+Backward keeps the output (as ReLU does: the next layer keeps it too), per-group scalars, and the input only
+where it cannot be rebuilt from what the BatchNorm, residual sum or activation before it keeps (`recompute.py`).
+A backward that must itself be differentiable (`create_graph=True`: gradient penalties such as WGAN-GP or R1)
+runs through the plain-op reference instead.
 Per-channel α, β (`channel_dim` given: params="channel") run on the eager ops whatever `impl` says: the Triton
 kernels take one α, β per layer (`functional.resolve_impl` never picks them for such inputs). Their backward
 recomputes tanh(α_c·p + β_c) from p rather than keeping it: for the token reduction it has the input's size.
