@@ -191,7 +191,7 @@ def test_gradcheck_through_the_rebuilt_input(variant, source):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("source", ["none", "carelu"])
+@pytest.mark.parametrize("source", ["none", "carelu", "bn"])
 def test_second_derivatives_flow_through_the_rebuilt_input(source):
     # create_graph=True (gradient penalties): the rebuilt z is the same function of u, γ, β as the forward's
     fn = _bn_carelu("energy", source)
@@ -286,3 +286,25 @@ def test_a_batch_norm_run_twice_before_one_backward():
     assert first is not None and act(bn(inputs[0])).grad_fn.recipe is not None
     for got, expected in zip(*grads):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("case", ["promotes", "broadcasts"])
+def test_a_sum_whose_result_is_not_the_batch_norm_output_shape_or_dtype(case):
+    # bf16 BN output + float32 addend is float32; an (N, C, 1, 1) BN output + an (N, C, H, W) addend broadcasts:
+    # neither sum can be taken in place into the rebuilt BN output
+    torch.manual_seed(0)
+    bn, act = nn.BatchNorm2d(4), CAReLU()
+    _spread_scales(nn.Sequential(act))
+    u = torch.randn(3, 4, 5, 5) if case == "promotes" else torch.randn(3, 4, 1, 1)
+    u = (u.bfloat16() if case == "promotes" else u).requires_grad_()
+    v = torch.randn(3, 4, 5, 5, requires_grad=True)
+    out = act(bn(u) + torch.relu(v))
+    assert isinstance(out.grad_fn.recipe, Sum) and out.dtype == torch.float32 and out.shape == v.shape
+    got = torch.autograd.grad(out.square().sum(), (u, v, bn.weight, act.alpha))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENVIRONMENT_VARIABLE, "0")
+        bn_again = copy.deepcopy(bn)
+        out = act(bn_again(u) + torch.relu(v))
+        expected = torch.autograd.grad(out.square().sum(), (u, v, bn_again.weight, act.alpha))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
