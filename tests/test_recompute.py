@@ -160,13 +160,18 @@ def _bn_carelu(variant: str, source: str):
     """u, v, γ, β_bn, α, β, α2, β2 -> CAReLU(BN(u) [+ a shortcut of kind `source`]) in float64."""
 
     def fn(u, v, weight, bias, alpha, beta, alpha2, beta2):
-        z = F.batch_norm(u, None, None, weight, bias, True, 0.1, 1e-5)
+        if source == "eval":  # normalised with running statistics (an eps other than the default, too)
+            running_mean, running_var = torch.linspace(-0.5, 0.5, 4, dtype=u.dtype), torch.linspace(0.5, 2, 4,
+                                                                                                    dtype=u.dtype)
+            z = F.batch_norm(u, running_mean, running_var, weight, bias, False, 0.1, 1e-3)
+        else:
+            z = F.batch_norm(u, None, None, weight, bias, True, 0.1, 1e-3)
         if source == "carelu":
             z = z + carelu(v, alpha2, beta2, variant=variant, impl="eager")
         elif source == "relu, in place sum":
             z += torch.relu(v)
         elif source == "bn":
-            z = z + F.batch_norm(v, None, None, weight, bias, True, 0.1, 1e-5)
+            z = z + F.batch_norm(v, None, None, weight, bias, True, 0.1, 1e-3)
         return carelu(z, alpha, beta, variant=variant, impl="eager")
 
     return fn
@@ -182,7 +187,7 @@ def _float64_inputs(seed: int = 0):
     return [t.requires_grad_() for t in (u, v, weight, bias, *scalars)]
 
 
-@pytest.mark.parametrize("source", ["none", "carelu", "relu, in place sum", "bn"])
+@pytest.mark.parametrize("source", ["none", "eval", "carelu", "relu, in place sum", "bn"])
 @pytest.mark.parametrize("variant", ["energy", "l1", "count"])
 def test_gradcheck_through_the_rebuilt_input(variant, source):
     fn = _bn_carelu(variant, source)
@@ -191,7 +196,7 @@ def test_gradcheck_through_the_rebuilt_input(variant, source):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("source", ["none", "carelu", "bn"])
+@pytest.mark.parametrize("source", ["none", "eval", "carelu", "bn"])
 def test_second_derivatives_flow_through_the_rebuilt_input(source):
     # create_graph=True (gradient penalties): the rebuilt z is the same function of u, γ, β as the forward's
     fn = _bn_carelu("energy", source)
@@ -244,13 +249,29 @@ def _gradients_of(module, x, call):
     return {"input": x.grad, **{name: p.grad for name, p in module.named_parameters()}}
 
 
-def test_a_rebuild_that_differs_from_forward_raises_before_any_step(monkeypatch):
+@pytest.mark.parametrize("dtype,factor", [(torch.float32, 1.001), (torch.bfloat16, 1.1)])
+def test_a_rebuild_that_differs_from_forward_raises_before_any_step(dtype, factor, monkeypatch):
+    # float32 rebuilds match to rounding: 0.1% off is wrong; bfloat16 ones to its 0.4% steps: 10% off is wrong
     build = BatchNormOutput.build
-    monkeypatch.setattr(BatchNormOutput, "build", lambda self, differentiable: build(self, differentiable) * 1.01)
-    u = torch.randn(2, 4, 3, 3, requires_grad=True)
+    monkeypatch.setattr(BatchNormOutput, "build", lambda self, differentiable: build(self, differentiable) * factor)
+    u = torch.randn(2, 4, 3, 3, dtype=dtype, requires_grad=True)  # BN takes bfloat16 with float32 γ, β
     out = CAReLU()(nn.BatchNorm2d(4)(u))
+    assert out.dtype == dtype and out.grad_fn.recipe is not None
     with pytest.raises(RuntimeError, match=f"per-group statistics differ.*{ENVIRONMENT_VARIABLE}=0"):
-        out.sum().backward()
+        out.float().sum().backward()
+
+
+def test_a_single_channel_batch_norm_is_rebuilt_with_its_batch_statistics():
+    torch.manual_seed(0)
+    bn, act = nn.BatchNorm2d(1), CAReLU()
+    _spread_scales(nn.Sequential(act))
+    u = torch.randn(3, 1, 4, 4, requires_grad=True)
+    out = act(bn(u))
+    assert isinstance(out.grad_fn.recipe, BatchNormOutput)
+    (got,) = torch.autograd.grad(out.square().sum(), u)
+    act.impl = "reference"
+    (expected,) = torch.autograd.grad(act(bn(u)).square().sum(), u)
+    torch.testing.assert_close(got, expected)
 
 
 def test_bias_changed_between_forward_and_backward_raises():
